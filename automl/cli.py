@@ -1,0 +1,250 @@
+"""The ``automl`` command: parse, call the library, print. User mistakes exit 2, one line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+
+from automl.errors import UserError
+
+SPACES_PACKAGE = "automl.search_spaces"
+
+
+class _Group(click.Group):
+    """Turns a UserError from any command into ``Error: <one line>`` and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="automl-recipes", prog_name="automl")
+def cli() -> None:
+    """Search image-classification training recipes: techniques are plugins, Optuna searches.
+
+    Start with `automl search` (the embedded digits dataset, runs on a CPU in minutes).
+    """
+
+
+def shipped_spaces() -> dict[str, Path]:
+    """Spaces that ship with the package, by file stem."""
+    folder = resources.files(SPACES_PACKAGE)
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_space_path(space: str) -> Path:
+    """A file path, or the name of a shipped space (``default``, ``fashion_mnist``)."""
+    path = Path(space)
+    if path.exists():
+        return path
+    shipped = shipped_spaces()
+    if space in shipped:
+        return shipped[space]
+    raise UserError(f"{space}: no such file, and not a shipped space (shipped: "
+                    f"{', '.join(sorted(shipped))})")
+
+
+def _common_run_options(func):
+    """--out/--storage/--study-name, shared by search, show and export."""
+    func = click.option("--storage", metavar="URL|PATH",
+                        help="Optuna RDB URL (sqlite:///x.db, postgresql://...) or journal file; "
+                             "default: DIR/study.journal.")(func)
+    func = click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+                        help="Run directory (default: runs/STUDY_NAME).")(func)
+    return func
+
+
+def _data_options(func):
+    func = click.option("--download", is_flag=True, default=None,
+                        help="Allow downloading the dataset (torchvision sets only).")(func)
+    func = click.option("--data-dir", type=click.Path(file_okay=False),
+                        help="Where datasets are looked for (and downloaded to).")(func)
+    return func
+
+
+@cli.command()
+@click.argument("space", default="default")
+@click.option("--n-trials", type=click.IntRange(min=1), help="Total trials the study should hold.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
+              help="Stop starting new trials after this many seconds.")
+@click.option("--seed", type=int, help="Sampler seed (default: the space's study.seed, 0).")
+@click.option("--study-name", help="Study name (default: the space file's stem).")
+@_common_run_options
+@click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes", "gp"]))
+@click.option("--pruner", type=click.Choice(["hyperband", "median", "sha", "none"]))
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
+@_data_options
+def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pruner, device,
+           data_dir, download):
+    """Search recipes over SPACE (a YAML file or a shipped space name; default: `default`).
+
+    Running the same command again resumes the study until it holds --n-trials trials.
+    The best recipe is kept in DIR/best_recipe.yaml, rewritten whenever the best improves.
+    """
+    from automl.discovery import technique_catalog
+    from automl.report import ConsoleReporter, trials_table
+    from automl.search import BEST_RECIPE, SearchSettings, run_search
+    from automl.space import load_space
+
+    path = resolve_space_path(space)
+    parsed = load_space(path, technique_catalog())
+    _apply_data_options(parsed.data, data_dir, download)
+    name = study_name or path.stem
+    settings = SearchSettings.from_space(
+        parsed, study_name=name, run_dir=out or Path("runs") / name, storage=storage,
+        device=device, n_trials=n_trials, timeout=timeout, seed=seed, sampler=sampler,
+        pruner=pruner)
+    study = run_search(parsed, settings, ConsoleReporter(settings.metric))
+    click.echo("\n" + trials_table(study, settings.metric))
+    best = settings.run_dir / BEST_RECIPE
+    if best.exists():
+        click.echo(f"\nbest recipe: {best}\nretrain it:  automl train {best}")
+
+
+def _apply_data_options(data: dict, data_dir, download) -> None:
+    if data_dir:
+        data["data_dir"] = data_dir
+    if download:
+        data["download"] = True
+
+
+@cli.command()
+@click.option("--study-name", default="default", show_default=True)
+@_common_run_options
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=1))
+def show(study_name, out, storage, top):
+    """List the best trials of a study."""
+    from automl.report import trials_table
+    from automl.search import open_study
+
+    study = open_study(study_name, out or Path("runs") / study_name, storage)
+    metric = study.user_attrs.get("metric", "value")
+    click.echo(trials_table(study, metric, top))
+
+
+@cli.command()
+@click.option("--study-name", default="default", show_default=True)
+@_common_run_options
+@click.option("--trial", "trial_number", type=int, help="Export this trial instead of the best.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the recipe here (default: print it).")
+def export(study_name, out, storage, trial_number, output):
+    """Export the best recipe of a study (or --trial N) as YAML."""
+    from automl.search import open_study, trial_recipe
+    from automl.yamlio import write_atomic
+
+    study = open_study(study_name, out or Path("runs") / study_name, storage)
+    if trial_number is None:
+        try:
+            trial = study.best_trial
+        except ValueError:
+            raise UserError(f"study '{study_name}' has no completed trial yet") from None
+    else:
+        matches = [t for t in study.trials if t.number == trial_number]
+        if not matches:
+            raise UserError(f"study '{study_name}' has no trial {trial_number} "
+                            f"(it has 0..{len(study.trials) - 1})")
+        trial = matches[0]
+    text = trial_recipe(trial).to_yaml()
+    if output:
+        write_atomic(output, text)
+        click.echo(f"wrote trial {trial.number}'s recipe to {output}")
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output directory (default: runs/train-RECIPE_STEM).")
+@click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
+@_data_options
+def train(recipe, out, device, data_dir, download):
+    """Retrain RECIPE, evaluate the test split once, save weights and metrics."""
+    from automl.discovery import technique_catalog
+    from automl.recipe import load_recipe
+    from automl.replay import replay
+
+    parsed = load_recipe(recipe, technique_catalog())
+    _apply_data_options(parsed.data, data_dir, download)
+    out = out or Path("runs") / f"train-{recipe.stem}"
+
+    def progress(epoch, epochs, metrics):
+        click.echo(f"epoch {epoch:>3}/{epochs}  train/loss {metrics['train/loss']:.4f}  "
+                   f"val/acc1 {metrics['val/acc1']:.4f}")
+
+    metrics = replay(parsed, out, device=device, progress=progress)
+    click.echo(f"test/acc1 {metrics['test/acc1']:.4f}  test/loss {metrics['test/loss']:.4f}")
+    click.echo(f"saved {out / 'model.pt'}, {out / 'metrics.json'}, {out / 'recipe.yaml'}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+def techniques(name):
+    """List every technique with its method card summary and search space (or one in full)."""
+    from automl.discovery import technique_catalog
+    from automl.technique import describe_distribution
+
+    catalog = technique_catalog()
+    if name:
+        if name not in catalog:
+            raise UserError(f"unknown technique '{name}'; valid: {', '.join(sorted(catalog))}")
+        selected = {name: catalog[name]}
+    else:
+        selected = catalog
+    for tname, cls in selected.items():
+        kind = "optional" if cls.optional else "required"
+        click.echo(f"{tname} ({kind}): {cls.summary()}")
+        if name:
+            click.echo("\n" + cls.card() + "\n")
+        for param, dist in cls.space.items():
+            click.echo(f"    {param:<20} {describe_distribution(dist):<40} "
+                       f"default {cls.defaults[param]!r}")
+
+
+@cli.command()
+def plugins():
+    """List loaded plugins, the techniques each provides, and the hooks each implements."""
+    from automl.hookspecs import TrainingSpecs
+    from automl.discovery import discovery_manager, hook_names, technique_catalog
+
+    pm = discovery_manager()
+    catalog = technique_catalog()
+    training_hooks = hook_names(TrainingSpecs)
+    for plugin_name, plugin in pm.list_name_plugin():
+        dist = dict(pm.list_plugin_distinfo()).get(plugin)
+        origin = f"{dist.project_name} {dist.version}" if dist else getattr(
+            plugin, "__name__", type(plugin).__module__)
+        hooks = [h.name for h in pm.get_hookcallers(plugin) or []]
+        click.echo(f"{plugin_name} ({origin}): discovery hooks {', '.join(hooks)}")
+    for tname, cls in catalog.items():
+        hooks = [h for h in training_hooks if callable(getattr(cls, h, None))]
+        click.echo(f"    {tname:<20} {', '.join(hooks)}")
+
+
+@functools.cache
+def _load_plugin_commands() -> None:
+    from automl.discovery import discovery_manager
+
+    discovery_manager().hook.register_commands(cli=cli)
+
+
+def main() -> None:
+    """Console entry point: plugin commands first, then click."""
+    try:
+        _load_plugin_commands()
+    except UserError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    cli(prog_name="automl")
+
+
+__all__ = ["cli", "main", "resolve_space_path", "shipped_spaces"]

@@ -1,0 +1,44 @@
+"""The core's own behaviour, written as a plugin of ``trylast`` defaults any technique overrides.
+
+Registered first in every trial's manager, so a technique implementing the same
+``firstresult`` hook wins without the core naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+
+import automl.models  # noqa: F401  (registers the small networks in timm)
+from automl.hookspecs import hookimpl
+from automl.state import TrainState
+
+
+class CoreDefaults:
+    """timm model, plain SGD at a constant LR, cross-entropy, evaluate the trained weights."""
+
+    @hookimpl(trylast=True)
+    def build_model(self, state: TrainState, kwargs: dict[str, Any]) -> torch.nn.Module:
+        return timm.create_model(state.recipe.model, num_classes=state.num_classes,
+                                 in_chans=state.in_chans, **kwargs)
+
+    @hookimpl(trylast=True)
+    def configure_param_groups(self, state: TrainState) -> None:
+        if not state.param_groups:
+            state.param_groups = [{"params": [p for p in state.model.parameters()
+                                              if p.requires_grad]}]
+
+    @hookimpl(trylast=True)
+    def build_optimizer(self, state: TrainState) -> torch.optim.Optimizer:
+        return torch.optim.SGD(state.param_groups, lr=0.05, momentum=0.9)
+
+    @hookimpl(trylast=True)
+    def build_loss(self, state: TrainState) -> None:
+        if state.loss_fn is None:
+            state.loss_fn = torch.nn.CrossEntropyLoss()
+
+    @hookimpl(trylast=True)
+    def eval_model(self, state: TrainState) -> torch.nn.Module:
+        return state.model

@@ -1,0 +1,139 @@
+"""Plugin discovery: built-in techniques and installed entry points, one manager per trial.
+
+Built-ins are registered through the same ``register_techniques`` hook as third-party plugins.
+An entry point in the ``automl`` group may name a module (or object) implementing discovery
+hooks, or a Technique subclass directly.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from automl import hookspecs
+from automl.errors import UserError
+from automl.technique import Technique
+
+if TYPE_CHECKING:
+    from automl.recipe import Recipe
+
+__all__ = ["ENTRY_POINT_GROUP", "discovery_manager", "technique_catalog", "training_manager",
+           "check_technique_hooks", "hook_names"]
+
+ENTRY_POINT_GROUP = "automl"
+
+
+@functools.cache
+def discovery_manager() -> pluggy.PluginManager:
+    """The process-wide manager: built-ins first, then installed plugins."""
+    import automl.plugins as builtins  # the project's plugins/ folder
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs.DiscoverySpecs)
+    pm.register(builtins, name="builtins")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken third-party install must say which one
+            raise UserError(f"plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+        if isinstance(obj, type) and issubclass(obj, Technique):
+            obj = _SingleTechnique(obj)
+        _register(pm, obj, ep.name)
+    return pm
+
+
+class _SingleTechnique:
+    """Adapter so an entry point can name a Technique class directly."""
+
+    def __init__(self, cls: type[Technique]):
+        self.cls = cls
+
+    @hookspecs.hookimpl
+    def register_techniques(self, register):
+        register(self.cls)
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        pm.unregister(name=name)
+        raise UserError(f"plugin '{name}': {exc}") from None
+
+
+@functools.cache
+def technique_catalog() -> dict[str, type[Technique]]:
+    """Every registered technique class by name, each validated and its hooks checked."""
+    pm = discovery_manager()
+    catalog: dict[str, type[Technique]] = {}
+    sources: dict[str, str] = {}
+
+    def register(cls: type[Technique], *, _source: str) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, Technique)):
+            raise UserError(f"plugin '{_source}' registered {cls!r}, not a Technique subclass")
+        try:
+            cls.validate_class()
+        except TypeError as exc:
+            raise UserError(f"plugin '{_source}': {exc}") from None
+        if cls.name in catalog:
+            raise UserError(f"technique '{cls.name}' is registered twice: by plugin "
+                            f"'{sources[cls.name]}' and by plugin '{_source}'")
+        check_technique_hooks(cls)
+        catalog[cls.name], sources[cls.name] = cls, _source
+
+    for impl in pm.hook.register_techniques.get_hookimpls():
+        impl.function(register=functools.partial(register, _source=impl.plugin_name))
+    return catalog
+
+
+def check_technique_hooks(cls: type[Technique]) -> None:
+    """Reject a technique whose hook names or arguments do not match the specs."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs.TrainingSpecs)
+    _register_checked(pm, cls(), cls)
+
+
+def _register_checked(pm: pluggy.PluginManager, plugin: Technique, cls: type) -> None:
+    where = f"technique '{cls.name}' ({cls.__module__}.{cls.__qualname__})"
+    try:
+        pm.register(plugin, name=cls.name)
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise UserError(f"{where}: {_hook_problem(exc)}") from None
+
+
+def _hook_problem(exc: pluggy.PluginValidationError) -> str:
+    text = str(exc)
+    if "unknown hook" in text:
+        hook = text.split("unknown hook", 1)[1].split()[0].strip("'\"")
+        valid = ", ".join(hook_names(hookspecs.TrainingSpecs))
+        return f"unknown hook '{hook}' (valid hooks: {valid})"
+    return text.splitlines()[0]
+
+
+def hook_names(specs: type) -> list[str]:
+    """Names of the hooks declared on a spec class, in declaration order."""
+    return [n for n in vars(specs) if not n.startswith("_") and callable(getattr(specs, n))]
+
+
+def training_manager(recipe: Recipe, catalog: dict[str, type[Technique]] | None = None,
+                     extra_plugins: list[Any] = ()) -> pluggy.PluginManager:
+    """A fresh manager for one training: core defaults plus each enabled technique, configured."""
+    from automl.defaults import CoreDefaults
+
+    catalog = catalog if catalog is not None else technique_catalog()
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs.TrainingSpecs)
+    pm.register(CoreDefaults(), name="core")
+    for name, params in recipe.techniques.items():
+        if name not in catalog:
+            raise UserError(f"unknown technique '{name}'; valid: {', '.join(sorted(catalog))}")
+        cls = catalog[name]
+        _register_checked(pm, cls(**params), cls)
+    for plugin in extra_plugins:
+        pm.register(plugin)
+    return pm

@@ -1,0 +1,18 @@
+"""Small tensor helpers shared by several techniques."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class indices as one-hot float rows; soft rows pass through unchanged."""
+    if targets.dim() == 2:
+        return targets
+    return F.one_hot(targets, num_classes).float()
+
+
+def per_sample(mask: torch.Tensor) -> torch.Tensor:
+    """Reshape an N-vector so it broadcasts over N×C×H×W images."""
+    return mask.view(-1, 1, 1, 1)

@@ -1,0 +1,130 @@
+"""The plugin API in one page: every hook a technique or extension can implement.
+
+Two managers use these specs. The process-wide *discovery* manager collects technique classes
+and CLI commands. A fresh *training* manager per trial holds one configured instance of each
+enabled technique; its hooks receive the trial's :class:`~automl.state.TrainState`.
+
+A hook implementation may accept fewer arguments than its spec (pluggy passes only what it
+asks for), so specs can grow without breaking plugins. Misspelled hook names are rejected when
+a plugin is registered (``check_pending``), naming the plugin and the hook.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+    import torch
+
+    from automl.state import TrainState
+
+PROJECT = "automl"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+class DiscoverySpecs:
+    """Hooks of the process-wide manager: what exists, not what one trial does."""
+
+    @hookspec
+    def register_techniques(self, register: Any) -> None:
+        """Call ``register(TechniqueClass)`` for each technique this plugin provides.
+
+        The core validates every class it receives (name, space, hooks) before use.
+        """
+
+    @hookspec
+    def register_commands(self, cli: click.Group) -> None:
+        """Add click commands to the ``automl`` command group."""
+
+
+class TrainingSpecs:
+    """Hooks of a trial's manager, listed in the order the trainer calls them."""
+
+    @hookspec
+    def model_kwargs(self, state: TrainState) -> dict[str, Any]:
+        """Return keyword arguments for the model factory (merged in call order).
+
+        Example: ``{"drop_rate": 0.2}`` from dropout, ``{"drop_path_rate": 0.1}`` from
+        stochastic depth.
+        """
+
+    @hookspec(firstresult=True)
+    def build_model(self, state: TrainState, kwargs: dict[str, Any]) -> torch.nn.Module:
+        """Create the model; the first non-None result wins (default: ``timm.create_model``)."""
+
+    @hookspec
+    def modify_model(self, state: TrainState) -> None:
+        """Change ``state.model`` in place or replace it (surgery, freezing, init)."""
+
+    @hookspec
+    def configure_param_groups(self, state: TrainState) -> None:
+        """Rewrite ``state.param_groups`` (a list of optimizer param-group dicts).
+
+        Example: weight decay splits norm and bias parameters into a group without decay.
+        """
+
+    @hookspec(firstresult=True)
+    def build_optimizer(self, state: TrainState) -> torch.optim.Optimizer:
+        """Create the optimizer from ``state.param_groups``; the first non-None result wins."""
+
+    @hookspec(firstresult=True)
+    def build_scheduler(self, state: TrainState) -> Any:
+        """Return an LR scheduler stepped once per optimizer step (or None for constant LR)."""
+
+    @hookspec
+    def build_loss(self, state: TrainState) -> None:
+        """Set ``state.loss_fn(logits, targets)``; targets are class indices or soft labels."""
+
+    @hookspec
+    def on_train_start(self, state: TrainState) -> None:
+        """Everything is built; last chance to set up helpers (an EMA copy, a teacher)."""
+
+    @hookspec
+    def on_epoch_start(self, state: TrainState) -> None:
+        """A training epoch begins (``state.epoch`` counts from 0)."""
+
+    @hookspec
+    def augment_batch(self, state: TrainState) -> None:
+        """Augment ``state.images`` (uint8, N×C×H×W, on the device) per sample.
+
+        Runs before normalisation: geometric and photometric policies belong here.
+        """
+
+    @hookspec
+    def on_batch(self, state: TrainState) -> None:
+        """Change the normalised float batch and its targets (mixup, cutmix).
+
+        ``state.targets`` may be replaced by soft labels of shape N×num_classes.
+        """
+
+    @hookspec
+    def after_loss(self, state: TrainState) -> None:
+        """Inspect or replace ``state.loss`` before backward (extra loss terms)."""
+
+    @hookspec
+    def after_backward(self, state: TrainState) -> None:
+        """Gradients exist; change them before the step (gradient clipping)."""
+
+    @hookspec
+    def after_step(self, state: TrainState) -> None:
+        """The optimizer stepped (weight averaging such as EMA)."""
+
+    @hookspec
+    def on_epoch_end(self, state: TrainState) -> None:
+        """A training epoch ended, before validation."""
+
+    @hookspec(firstresult=True)
+    def eval_model(self, state: TrainState) -> torch.nn.Module:
+        """Return the model to evaluate; the first non-None result wins (EMA weights)."""
+
+    @hookspec
+    def eval_batch(self, state: TrainState) -> None:
+        """Change the normalised evaluation batch ``state.images`` (inference resize, TTA)."""
+
+    @hookspec
+    def evaluate(self, state: TrainState, metrics: dict[str, float]) -> dict[str, float]:
+        """Return extra metrics to merge into the evaluation result of one split."""

@@ -1,0 +1,179 @@
+"""The Optuna driver: study, sampler/pruner factories, the objective, and the best-recipe export.
+
+Each trial samples a Recipe from the space, trains it with a fresh plugin manager, reports the
+validation metric after every epoch (so the pruner can stop it), and stores its full recipe
+and final metrics as user attributes. ``best_recipe.yaml`` is rewritten whenever the best
+improves, so an interrupted search loses nothing.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from automl.data import DataBundle, load_data
+from automl.errors import UserError
+from automl.discovery import technique_catalog, training_manager
+from automl.recipe import Recipe
+from automl.space import SearchSpace
+from automl.storage import open_storage
+from automl.trainer import TrainingDiverged, resolve_device, train
+from automl.yamlio import write_atomic
+
+__all__ = ["SearchSettings", "Reporter", "run_search", "make_sampler", "make_pruner",
+           "open_study", "trial_recipe", "FINISHED"]
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+BEST_RECIPE = "best_recipe.yaml"
+
+
+class Reporter(Protocol):
+    """What the driver tells the user about; see :mod:`automl.report` for the console one."""
+
+    def search_start(self, study: optuna.Study, settings: SearchSettings, todo: int) -> None: ...
+    def trial_start(self, trial: optuna.Trial, recipe: Recipe) -> None: ...
+    def epoch(self, trial: optuna.Trial, epoch: int, epochs: int,
+              metrics: dict[str, float]) -> None: ...
+    def trial_end(self, study: optuna.Study, trial: FrozenTrial, new_best: bool) -> None: ...
+
+
+@dataclass
+class SearchSettings:
+    """Run settings: the space's ``study:`` section with command-line overrides applied."""
+
+    study_name: str
+    run_dir: Path
+    storage: str | None
+    n_trials: int
+    timeout: float | None
+    seed: int
+    sampler: str
+    pruner: str
+    metric: str
+    direction: str
+    device: str | None = None
+
+    @classmethod
+    def from_space(cls, space: SearchSpace, *, study_name: str, run_dir: Path,
+                   storage: str | None = None, device: str | None = None,
+                   **overrides) -> SearchSettings:
+        study = {**space.study, **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(study_name=study_name, run_dir=run_dir, storage=storage,
+                   n_trials=study["n_trials"], timeout=study["timeout"], seed=study["seed"],
+                   sampler=study["sampler"], pruner=study["pruner"], metric=study["metric"],
+                   direction=study["direction"], device=device)
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """TPE (seeded, multivariate over conditional groups) by default."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True,
+                                              group=True, constant_liar=True)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if name == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed)
+    raise UserError(f"unknown sampler '{name}'; valid: tpe, random, cmaes, gp")
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    """Hyperband over epochs by default; ``none`` trains every trial to the end."""
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
+                                              reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "sha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"unknown pruner '{name}'; valid: hyperband, median, sha, none")
+
+
+def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
+               data: DataBundle | None = None) -> optuna.Study:
+    """Run (or resume) the study until it holds ``n_trials`` finished trials or time runs out."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    catalog = technique_catalog()
+    data = data if data is not None else load_data(space.data)  # user errors before any write
+    device = resolve_device(settings.device)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=settings.study_name, storage=open_storage(settings.storage, settings.run_dir),
+        sampler=make_sampler(settings.sampler, settings.seed),
+        pruner=make_pruner(settings.pruner, space.epochs), direction=settings.direction,
+        load_if_exists=True)
+    if not study.trials:
+        study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True},
+                            skip_if_exists=True)
+    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    todo = max(settings.n_trials - done, 0)
+    reporter.search_start(study, settings, todo)
+
+    def objective(trial: optuna.Trial) -> float:
+        recipe = space.sample(trial)
+        trial.set_user_attr("recipe", recipe.to_dict())
+        reporter.trial_start(trial, recipe)
+        pm = training_manager(recipe, catalog)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            trial.report(metrics[settings.metric], epoch)
+            reporter.epoch(trial, epoch, recipe.epochs, metrics)
+            if epoch < recipe.epochs and trial.should_prune():  # a finished run completes
+                trial.set_user_attr("epochs_run", epoch)
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        started = time.perf_counter()
+        try:
+            state = train(recipe, data, pm, device=device, on_epoch=on_epoch)
+        except TrainingDiverged as exc:
+            trial.set_user_attr("fail_reason", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+        final = state.history[-1]
+        trial.set_user_attr("metrics", final)
+        trial.set_user_attr("epochs_run", len(state.history))
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+        return final[settings.metric]
+
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        new_best = trial.state == TrialState.COMPLETE and study.best_trial.number == trial.number
+        if new_best:
+            write_atomic(settings.run_dir / BEST_RECIPE, trial_recipe(trial).to_yaml())
+        reporter.trial_end(study, trial, new_best)
+
+    if todo:
+        study.optimize(objective, n_trials=todo, timeout=settings.timeout,
+                       callbacks=[after_trial], gc_after_trial=True)
+    return study
+
+
+def open_study(study_name: str, run_dir: Path, storage: str | None) -> optuna.Study:
+    """Load an existing study; an unknown name lists the ones the storage holds."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not storage and not (run_dir / "study.journal").exists():
+        raise UserError(f"no study found in {run_dir} (run `automl search` first, or pass "
+                        "--out DIR / --storage URL)")
+    backend = open_storage(storage, run_dir)
+    try:
+        return optuna.load_study(study_name=study_name, storage=backend)
+    except KeyError:
+        names = optuna.get_all_study_names(backend)
+        raise UserError(f"no study named '{study_name}'; this storage has: "
+                        f"{', '.join(names) or 'none'}") from None
+
+
+def trial_recipe(trial: FrozenTrial) -> Recipe:
+    """The full recipe a trial trained with (stored when it started)."""
+    if "recipe" not in trial.user_attrs:
+        raise UserError(f"trial {trial.number} has no stored recipe")
+    return Recipe.from_dict(trial.user_attrs["recipe"])

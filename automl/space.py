@@ -1,0 +1,331 @@
+"""Search spaces: YAML <-> Optuna distributions, and sampling one trial into a Recipe.
+
+A space file names the model, data, epochs, study settings and the techniques to search. Under
+``techniques:`` each entry is ``{}`` (the technique's own space), or a mapping whose values are
+either fixed scalars or distributions written as ``{type: float|int|categorical, ...}``.
+``enabled: true|false`` fixes an optional technique on or off; without it, the search decides.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from automl.errors import ConfigError
+from automl.technique import Technique, contains
+from automl.yamlio import Lines, load_yaml
+
+if TYPE_CHECKING:
+    import optuna
+
+    from automl.recipe import Recipe
+
+__all__ = ["SearchSpace", "TechniqueSpace", "load_space", "parse_space", "suggest",
+           "DEFAULT_STUDY", "DATA_KEYS"]
+
+TOP_KEYS = ("model", "data", "epochs", "seed", "techniques", "study")
+DATA_KEYS = ("dataset", "batch_size", "data_dir", "download", "val_fraction", "split_seed",
+             "image_size", "path")
+DEFAULT_STUDY: dict[str, Any] = {
+    "sampler": "tpe", "pruner": "hyperband", "n_trials": 20, "timeout": None,
+    "metric": "val/acc1", "direction": "maximize", "seed": 0,
+}
+SAMPLERS = ("tpe", "random", "cmaes", "gp")
+PRUNERS = ("hyperband", "median", "sha", "none")
+METRICS = ("val/acc1", "val/loss")
+
+
+@dataclass
+class TechniqueSpace:
+    """One technique's part of a space: on/off (None = searched) and each parameter."""
+
+    cls: type[Technique]
+    enabled: bool | None
+    params: dict[str, Any]  # a BaseDistribution is searched; anything else is fixed
+
+    @property
+    def name(self) -> str:
+        return self.cls.name
+
+    def is_fixed(self) -> bool:
+        if self.enabled is None:
+            return False
+        return not self.enabled or not any(
+            isinstance(v, BaseDistribution) for v in self.params.values())
+
+
+@dataclass
+class SearchSpace:
+    """A parsed, validated space; a recipe is a space where everything is fixed."""
+
+    model: str
+    data: dict[str, Any]
+    epochs: int
+    seed: int
+    techniques: dict[str, TechniqueSpace]
+    study: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_STUDY))
+    source: str = "<space>"
+
+    def is_fixed(self) -> bool:
+        return all(t.is_fixed() for t in self.techniques.values())
+
+    def free_keys(self) -> list[str]:
+        """Dotted names of every choice the search still makes."""
+        keys = []
+        for t in self.techniques.values():
+            if t.enabled is None:
+                keys.append(f"{t.name}.enabled")
+            if t.enabled is not False:
+                keys += [f"{t.name}.{p}" for p, v in t.params.items()
+                         if isinstance(v, BaseDistribution)]
+        return keys
+
+    def sample(self, trial: optuna.Trial) -> Recipe:
+        """Ask the trial for every free value; parameters of an off technique are not asked."""
+        from automl.recipe import Recipe
+
+        chosen: dict[str, dict[str, Any]] = {}
+        for t in self.techniques.values():
+            on = t.enabled
+            if on is None:
+                on = trial.suggest_categorical(f"{t.name}.enabled", [False, True])
+            if not on:
+                continue
+            chosen[t.name] = {
+                p: suggest(trial, f"{t.name}.{p}", v) if isinstance(v, BaseDistribution) else v
+                for p, v in t.params.items()
+            }
+        return Recipe(model=self.model, data=dict(self.data), epochs=self.epochs,
+                      seed=self.seed, techniques=chosen)
+
+    def baseline_params(self) -> dict[str, Any]:
+        """Trial parameters of the baseline: every technique's defaults, clipped to the space."""
+        params: dict[str, Any] = {}
+        for t in self.techniques.values():
+            on = t.enabled if t.enabled is not None else t.cls.default_enabled
+            if t.enabled is None:
+                params[f"{t.name}.enabled"] = on
+            if not on:
+                continue
+            for p, v in t.params.items():
+                if isinstance(v, BaseDistribution):
+                    params[f"{t.name}.{p}"] = _nearest(v, t.cls.defaults[p])
+        return params
+
+
+def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    """Sample ``dist`` through the trial's public API."""
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    raise TypeError(f"unsupported distribution {dist!r}")
+
+
+def _nearest(dist: BaseDistribution, value: Any) -> Any:
+    if contains(dist, value):
+        return value
+    if isinstance(dist, CategoricalDistribution):
+        return dist.choices[0]
+    return min(max(value, dist.low), dist.high)
+
+
+def load_space(path: str | Path, catalog: dict[str, type[Technique]]) -> SearchSpace:
+    """Read and validate a space (or recipe) file."""
+    data, lines = load_yaml(path)
+    return parse_space(data, lines, str(path), catalog)
+
+
+def parse_space(data: Any, lines: Lines, file: str,
+                catalog: dict[str, type[Technique]]) -> SearchSpace:
+    """Validate a YAML mapping against the technique catalog; every error names file:line."""
+    p = _Parser(lines, file)
+    if data is None:
+        data = {}
+    p.expect(isinstance(data, dict), (), "the file must be a mapping of "
+             + ", ".join(TOP_KEYS))
+    p.known_keys(data, (), TOP_KEYS)
+    model = data.get("model", "automl_resnet8")
+    p.expect(isinstance(model, str) and model, ("model",), "expected a timm model name")
+    _check_model(p, model)
+    epochs = data.get("epochs", 10)
+    p.expect(_is_int(epochs) and epochs >= 1, ("epochs",), f"expected an integer >= 1, got {epochs!r}")
+    seed = data.get("seed", 0)
+    p.expect(_is_int(seed), ("seed",), f"expected an integer, got {seed!r}")
+    space = SearchSpace(model=model, data=_parse_data(p, data.get("data", {})), epochs=epochs,
+                        seed=seed, techniques={}, study=_parse_study(p, data.get("study", {})),
+                        source=file)
+    techniques = data.get("techniques", {}) or {}
+    p.expect(isinstance(techniques, dict), ("techniques",), "expected a mapping of technique names")
+    for name, entry in techniques.items():
+        key = ("techniques", name)
+        if name not in catalog:
+            p.fail(key, f"unknown technique '{name}'{_did_you_mean(name, catalog)}; valid: "
+                   + ", ".join(sorted(catalog)))
+        space.techniques[name] = _parse_technique(p, key, catalog[name], entry)
+    return space
+
+
+class _Parser:
+    """Carries the file and line map so each check can raise a located error."""
+
+    def __init__(self, lines: Lines, file: str):
+        self.lines, self.file = lines, file
+
+    def fail(self, path: tuple[str, ...], message: str) -> None:
+        line = self.lines.get(path)
+        probe = path
+        while line is None and probe:
+            probe = probe[:-1]
+            line = self.lines.get(probe)
+        raise ConfigError(message, file=self.file, key=".".join(path) or None, line=line)
+
+    def expect(self, ok: bool, path: tuple[str, ...], message: str) -> None:
+        if not ok:
+            self.fail(path, message)
+
+    def known_keys(self, mapping: dict, path: tuple[str, ...], valid: tuple[str, ...] | list[str]):
+        for key in mapping:
+            if key not in valid:
+                self.fail((*path, key), f"unknown key{_did_you_mean(key, valid)}; valid: "
+                          + ", ".join(valid))
+
+
+def _did_you_mean(name: str, valid) -> str:
+    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_model(p: _Parser, model: str) -> None:
+    import timm
+
+    import automl.models  # noqa: F401  (registers the project's small networks in timm)
+
+    if not timm.is_model(model):
+        close = difflib.get_close_matches(model, timm.list_models(), n=3)
+        hint = f"; close matches: {', '.join(close)}" if close else "; see timm.list_models()"
+        p.fail(("model",), f"unknown model '{model}'{hint}")
+
+
+def _parse_data(p: _Parser, data: Any) -> dict[str, Any]:
+    from automl.data import available_datasets
+
+    p.expect(isinstance(data, dict), ("data",), "expected a mapping with a 'dataset' key")
+    p.known_keys(data, ("data",), DATA_KEYS)
+    data = {"dataset": "digits", "batch_size": 64, **data}
+    names = available_datasets()
+    p.expect(data["dataset"] in names, ("data", "dataset"),
+             f"unknown dataset {data['dataset']!r}; valid: {', '.join(names)}")
+    bs = data["batch_size"]
+    p.expect(_is_int(bs) and bs >= 1, ("data", "batch_size"), f"expected an integer >= 1, got {bs!r}")
+    if "val_fraction" in data:
+        vf = data["val_fraction"]
+        p.expect(isinstance(vf, (int, float)) and 0 < vf < 1, ("data", "val_fraction"),
+                 f"expected a number in (0, 1), got {vf!r}")
+    for key in ("split_seed", "image_size"):
+        if key in data:
+            p.expect(_is_int(data[key]) and data[key] >= 0, ("data", key),
+                     f"expected a non-negative integer, got {data[key]!r}")
+    if "download" in data:
+        p.expect(isinstance(data["download"], bool), ("data", "download"), "expected true or false")
+    for key in ("data_dir", "path"):
+        if key in data:
+            p.expect(isinstance(data[key], str), ("data", key), "expected a path")
+    if data["dataset"] == "folder":
+        p.expect("path" in data, ("data",), "dataset 'folder' needs 'path: DIR'")
+    return data
+
+
+def _parse_study(p: _Parser, study: Any) -> dict[str, Any]:
+    p.expect(isinstance(study, dict), ("study",), "expected a mapping")
+    p.known_keys(study, ("study",), tuple(DEFAULT_STUDY))
+    out = {**DEFAULT_STUDY, **study}
+    for key, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("metric", METRICS),
+                       ("direction", ("maximize", "minimize"))):
+        p.expect(out[key] in valid, ("study", key),
+                 f"unknown value {out[key]!r}; valid: {', '.join(valid)}")
+    p.expect(_is_int(out["n_trials"]) and out["n_trials"] >= 1, ("study", "n_trials"),
+             f"expected an integer >= 1, got {out['n_trials']!r}")
+    t = out["timeout"]
+    p.expect(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0),
+             ("study", "timeout"), f"expected seconds > 0, got {t!r}")
+    p.expect(_is_int(out["seed"]), ("study", "seed"), f"expected an integer, got {out['seed']!r}")
+    return out
+
+
+def _parse_technique(p: _Parser, key: tuple[str, ...], cls: type[Technique],
+                     entry: Any) -> TechniqueSpace:
+    if entry is None:
+        entry = {}
+    if isinstance(entry, bool):
+        entry = {"enabled": entry}
+    p.expect(isinstance(entry, dict), key, "expected a mapping of parameters, {} or true/false")
+    valid = ["enabled", *cls.space]
+    p.known_keys(entry, key, valid)
+    enabled = entry.get("enabled", None if cls.optional else True)
+    p.expect(enabled in (True, False, None), (*key, "enabled"), "expected true or false")
+    if enabled is False and not cls.optional:
+        p.fail((*key, "enabled"), f"technique '{cls.name}' is required and cannot be disabled")
+    params: dict[str, Any] = {}
+    for param, default_dist in cls.space.items():
+        pkey = (*key, param)
+        value = entry.get(param, default_dist)
+        if isinstance(value, dict):
+            value = _parse_distribution(p, pkey, cls, param, value)
+        elif not isinstance(value, BaseDistribution):
+            problem = cls.check_value(param, value)
+            p.expect(problem is None, pkey, problem or "")
+        params[param] = value
+    return TechniqueSpace(cls=cls, enabled=enabled, params=params)
+
+
+def _parse_distribution(p: _Parser, key: tuple[str, ...], cls: type[Technique], param: str,
+                        spec: dict) -> BaseDistribution:
+    kind = spec.get("type")
+    base = cls.space[param]
+    if kind == "categorical":
+        p.known_keys(spec, key, ("type", "choices"))
+        choices = spec.get("choices")
+        p.expect(isinstance(choices, list) and len(choices) >= 1, (*key, "choices"),
+                 "expected a non-empty list")
+        for i, choice in enumerate(choices):
+            problem = cls.check_value(param, choice)
+            p.expect(problem is None, (*key, "choices", str(i)), problem or "")
+        return CategoricalDistribution(choices)
+    p.expect(kind in ("float", "int"), (*key, "type"),
+             f"expected float, int or categorical, got {kind!r}")
+    p.expect(not isinstance(base, CategoricalDistribution), (*key, "type"),
+             f"'{param}' is a choice among {list(base.choices)}; use type: categorical"
+             if isinstance(base, CategoricalDistribution) else "")
+    if kind == "float":
+        p.expect(isinstance(base, FloatDistribution), (*key, "type"),
+                 f"'{param}' takes integers; use type: int")
+    p.known_keys(spec, key, ("type", "low", "high", "log", "step"))
+    for bound in ("low", "high"):
+        p.expect(bound in spec, key, f"missing '{bound}'")
+        problem = cls.check_value(param, spec[bound])
+        p.expect(problem is None, (*key, bound), problem or "")
+    log, step = spec.get("log", False), spec.get("step")
+    p.expect(isinstance(log, bool), (*key, "log"), "expected true or false")
+    try:
+        if kind == "float":
+            return FloatDistribution(float(spec["low"]), float(spec["high"]), log=log, step=step)
+        return IntDistribution(int(spec["low"]), int(spec["high"]), log=log, step=step or 1)
+    except ValueError as exc:
+        p.fail(key, str(exc))
+        raise AssertionError("unreachable") from None

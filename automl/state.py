@@ -1,0 +1,59 @@
+"""TrainState: what the trainer builds and what hooks read and change during one training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from automl.data import DataBundle
+    from automl.recipe import Recipe
+
+
+@dataclass
+class TrainState:
+    """One training run. Hooks change fields in place; ``extras`` holds plugin-private data."""
+
+    recipe: Recipe
+    data: DataBundle
+    device: torch.device
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    generator: torch.Generator  # on ``device``: per-sample randomness for augmentation
+    amp_dtype: torch.dtype | None = None  # bf16 on CUDA, None (fp32) on CPU
+    model: torch.nn.Module | None = None
+    param_groups: list[dict[str, Any]] = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    loss_fn: Any = None
+    epoch: int = 0
+    step: int = 0
+    images: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    eval_image_size: int | None = None  # set by inference-resize techniques
+    history: list[dict[str, float]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def in_chans(self) -> int:
+        return self.data.in_chans
+
+    @property
+    def image_size(self) -> int:
+        return self.data.image_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def params_of(self, name: str) -> dict[str, Any]:
+        """The recipe's parameters of technique ``name`` ({} when it is off)."""
+        return self.recipe.techniques.get(name, {})

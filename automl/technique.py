@@ -1,0 +1,120 @@
+"""Technique: one training technique, its search space and its method card.
+
+A technique is a class whose docstring is its method card (first line: what it does; then when
+it helps, the suggested range and the source). The class declares its space as Optuna
+distributions; the core instantiates it with concrete parameters for one trial and registers
+the instance in that trial's plugin manager, where its ``@hookimpl`` methods act on training.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any, ClassVar
+
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+__all__ = ["Technique", "contains", "describe_distribution"]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class Technique:
+    """Base class of every technique; subclasses set ``name``, ``space`` and ``defaults``."""
+
+    name: ClassVar[str] = ""
+    #: Parameters searched by default, as Optuna distributions.
+    space: ClassVar[dict[str, BaseDistribution]] = {}
+    #: The baseline value of every parameter (the search's first trial uses these).
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: Hard validity bounds (inclusive) for numeric parameters a user may fix or re-range.
+    limits: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
+    #: Optional techniques are searched on/off; required ones are always on.
+    optional: ClassVar[bool] = True
+    #: Whether the baseline trial uses this technique (optional techniques only).
+    default_enabled: ClassVar[bool] = False
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.space))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown parameter(s) {', '.join(unknown)}")
+        self.params: dict[str, Any] = {**self.defaults, **params}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    @classmethod
+    def card(cls) -> str:
+        """The method card: the class docstring, dedented."""
+        return inspect.cleandoc(cls.__doc__ or "")
+
+    @classmethod
+    def summary(cls) -> str:
+        """First line of the method card."""
+        card = cls.card()
+        return card.splitlines()[0] if card else ""
+
+    @classmethod
+    def check_value(cls, param: str, value: Any) -> str | None:
+        """Why ``value`` is not a valid fixed value of ``param`` (None when it is)."""
+        dist = cls.space[param]
+        if isinstance(dist, CategoricalDistribution):
+            if value not in dist.choices:
+                return f"{value!r} is not one of {', '.join(map(repr, dist.choices))}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a number, got {value!r}"
+        if isinstance(dist, IntDistribution) and not float(value).is_integer():
+            return f"expected an integer, got {value!r}"
+        low, high = cls.limits.get(param, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"{value!r} is outside the valid range [{low}, {high}]"
+        return None
+
+    @classmethod
+    def validate_class(cls) -> None:
+        """Raise TypeError if the class is not a usable technique (checked at registration)."""
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        if not _NAME.match(cls.name or ""):
+            raise TypeError(f"{where}: name must be lowercase snake_case, got {cls.name!r}")
+        for param, dist in cls.space.items():
+            if not isinstance(dist, BaseDistribution):
+                raise TypeError(f"{where}: space[{param!r}] is not an Optuna distribution")
+            if param not in cls.defaults:
+                raise TypeError(f"{where}: no default for parameter {param!r}")
+            if not contains(dist, cls.defaults[param]):
+                raise TypeError(f"{where}: default {cls.defaults[param]!r} of {param!r} "
+                                "is outside its space")
+        extra = set(cls.defaults) - set(cls.space)
+        if extra:
+            raise TypeError(f"{where}: defaults for unknown parameters {sorted(extra)}")
+        if not cls.summary():
+            raise TypeError(f"{where}: missing method card (class docstring)")
+
+
+def contains(dist: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` lies in ``dist`` (Optuna's own check, tolerant of bad types)."""
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
+
+
+def describe_distribution(dist: BaseDistribution) -> str:
+    """Short human form of a distribution, for listings."""
+    if isinstance(dist, CategoricalDistribution):
+        return "{" + ", ".join(map(str, dist.choices)) + "}"
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        text = f"[{dist.low}, {dist.high}]"
+        if dist.log:
+            text += " log"
+        if dist.step not in (None, 1) or (isinstance(dist, FloatDistribution) and dist.step):
+            text += f" step {dist.step}"
+        return text
+    return repr(dist)

@@ -1,0 +1,89 @@
+"""YAML in and out, keeping the line of every key so errors can point at it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from automl.errors import ConfigError
+
+__all__ = ["load_yaml", "dump_yaml", "write_atomic", "Lines"]
+
+Lines = dict[tuple[str, ...], int]
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader that reads ``1e-3`` as a float (YAML 1.1 would read a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(path: str | Path) -> tuple[Any, Lines]:
+    """Read a YAML file into plain Python values and a map from key path to line number."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror or exc}", file=name) from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        lines: Lines = {}
+        data = _build(loader, node, (), lines, name) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(f"invalid YAML: {exc.problem or exc.context}", file=name,
+                          line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=name) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple[str, ...], lines: Lines,
+           name: str) -> Any:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                key = str(key)
+            if key in result:
+                raise ConfigError("duplicate key", file=name, key=".".join((*path, key)),
+                                  line=key_node.start_mark.line + 1)
+            result[key] = _build(loader, value_node, (*path, key), lines, name)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(loader, item, (*path, str(i)), lines, name)
+                for i, item in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML text with keys in insertion order."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` so a reader never sees a half-written file (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Shipped search spaces (YAML); ``automl search NAME`` finds them by file stem."""
