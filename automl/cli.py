@@ -213,8 +213,8 @@ def techniques(name):
 @cli.command()
 def plugins():
     """List loaded plugins, the techniques each provides, and the hooks each implements."""
-    from automl.hookspecs import TrainingSpecs
     from automl.discovery import discovery_manager, hook_names, technique_catalog
+    from automl.hookspecs import TrainingSpecs
 
     pm = discovery_manager()
     catalog = technique_catalog()

@@ -51,7 +51,7 @@ class SmallResNet(nn.Module):
                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         total, index, cin = sum(depths), 0, widths[0]
         blocks = []
-        for stage, (width, depth) in enumerate(zip(widths, depths)):
+        for stage, (width, depth) in enumerate(zip(widths, depths, strict=True)):
             for i in range(depth):
                 rate = drop_path_rate * index / max(total - 1, 1)
                 blocks.append(_Block(cin, width, 2 if stage > 0 and i == 0 else 1, rate))
@@ -68,7 +68,7 @@ class SmallResNet(nn.Module):
 
 @register_model
 def automl_resnet8(pretrained: bool = False, **kwargs) -> SmallResNet:
-    """Residual net of 8 conv layers (widths 16/32/64): about a second per digits epoch on 2 CPU cores."""
+    """Residual net of 8 conv layers (widths 16/32/64): ~0.5 s per digits epoch on 2 CPU cores."""
     return SmallResNet(widths=(16, 32, 64), depths=(1, 1, 1), **kwargs)
 
 

@@ -11,7 +11,7 @@ import torch
 from automl.data import load_data
 from automl.discovery import training_manager
 from automl.recipe import Recipe
-from automl.trainer import evaluate, prepare, fit, resolve_device
+from automl.trainer import evaluate, fit, prepare, resolve_device
 from automl.yamlio import write_atomic
 
 __all__ = ["replay"]

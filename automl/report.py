@@ -17,10 +17,14 @@ __all__ = ["ConsoleReporter", "trials_table", "ranked_trials", "format_table"]
 class ConsoleReporter:
     """One line per finished trial; on a terminal the running trial's epoch line updates live."""
 
+    #: Without a terminal, an epoch line is printed when this long passed since the last line,
+    #: so long trials show progress and short ones stay quiet.
+    QUIET_SECONDS = 10.0
+
     def __init__(self, metric: str, live: bool | None = None):
         self.metric = metric
         self.live = sys.stdout.isatty() if live is None else live
-        self.started = time.perf_counter()
+        self.started = self.last_line = time.perf_counter()
 
     def search_start(self, study, settings, todo) -> None:
         done = len(study.trials) - (1 if study.trials and study.trials[-1].state
@@ -34,10 +38,13 @@ class ConsoleReporter:
         self._trial_started = time.perf_counter()
 
     def epoch(self, trial: optuna.Trial, epoch: int, epochs: int, metrics: dict) -> None:
+        text = (f"trial {trial.number:>3}  epoch {epoch:>3}/{epochs}  "
+                f"{self.metric} {metrics[self.metric]:.4f}  {self._best_text(trial.study)}")
         if self.live:
-            click.echo(f"\rtrial {trial.number:>3}  epoch {epoch:>3}/{epochs}  "
-                       f"{self.metric} {metrics[self.metric]:.4f}  "
-                       f"{self._best_text(trial.study)}", nl=False)
+            click.echo(f"\r\033[K{text}", nl=False)
+        elif time.perf_counter() - self.last_line > self.QUIET_SECONDS:
+            click.echo(text)
+            self.last_line = time.perf_counter()
 
     def trial_end(self, study: optuna.Study, trial: FrozenTrial, new_best: bool) -> None:
         if self.live:
@@ -52,6 +59,7 @@ class ConsoleReporter:
         click.echo(f"trial {trial.number:>3}  {state:<6}  epochs {epochs:>3}  "
                    f"{self.metric} {value}  {self._best_text(study)}  "
                    f"{seconds:5.1f}s{base}{mark}")
+        self.last_line = time.perf_counter()
 
     @staticmethod
     def _best_text(study: optuna.Study) -> str:
@@ -118,6 +126,6 @@ def format_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for row in rows:
-        cells = [c.ljust(w) for c, w in zip(row, widths)] + [row[-1]]
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)

@@ -18,8 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.data import DataBundle, load_data
-from automl.errors import UserError
 from automl.discovery import technique_catalog, training_manager
+from automl.errors import UserError
 from automl.recipe import Recipe
 from automl.space import SearchSpace
 from automl.storage import open_storage
@@ -114,6 +114,8 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
         pruner=make_pruner(settings.pruner, space.epochs), direction=settings.direction,
         load_if_exists=True)
     if not study.trials:
+        study.set_user_attr("metric", settings.metric)
+        study.set_user_attr("space", space.source)
         study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True},
                             skip_if_exists=True)
     done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))

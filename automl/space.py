@@ -160,7 +160,8 @@ def parse_space(data: Any, lines: Lines, file: str,
     p.expect(isinstance(model, str) and model, ("model",), "expected a timm model name")
     _check_model(p, model)
     epochs = data.get("epochs", 10)
-    p.expect(_is_int(epochs) and epochs >= 1, ("epochs",), f"expected an integer >= 1, got {epochs!r}")
+    p.expect(_is_int(epochs) and epochs >= 1, ("epochs",),
+             f"expected an integer >= 1, got {epochs!r}")
     seed = data.get("seed", 0)
     p.expect(_is_int(seed), ("seed",), f"expected an integer, got {seed!r}")
     space = SearchSpace(model=model, data=_parse_data(p, data.get("data", {})), epochs=epochs,
@@ -232,7 +233,8 @@ def _parse_data(p: _Parser, data: Any) -> dict[str, Any]:
     p.expect(data["dataset"] in names, ("data", "dataset"),
              f"unknown dataset {data['dataset']!r}; valid: {', '.join(names)}")
     bs = data["batch_size"]
-    p.expect(_is_int(bs) and bs >= 1, ("data", "batch_size"), f"expected an integer >= 1, got {bs!r}")
+    p.expect(_is_int(bs) and bs >= 1, ("data", "batch_size"),
+             f"expected an integer >= 1, got {bs!r}")
     if "val_fraction" in data:
         vf = data["val_fraction"]
         p.expect(isinstance(vf, (int, float)) and 0 < vf < 1, ("data", "val_fraction"),

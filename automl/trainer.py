@@ -72,10 +72,11 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
     ``on_epoch(epoch, metrics)`` may raise (a pruner stopping the trial). ``max_steps`` stops
     early after that many optimizer steps (used by tests).
     """
-    hook, train = pm.hook, _on_device(state.data.train, state.device)
+    hook, train = pm.hook, _on_device(state.data.train, state)
     mean, std = _norm_tensors(state)
     autocast = _autocast(state)
-    for state.epoch in range(state.epochs):
+    for epoch in range(state.epochs):
+        state.epoch = epoch
         state.model.train()
         hook.on_epoch_start(state=state)
         loss_sum = torch.zeros((), device=state.device)
@@ -120,7 +121,7 @@ def evaluate(state: TrainState, pm: pluggy.PluginManager, split: Split, prefix: 
     model = pm.hook.eval_model(state=state)
     was_training = model.training
     model.eval()
-    data = _on_device(split, state.device)
+    data = _on_device(split, state)
     mean, std = _norm_tensors(state)
     correct = torch.zeros((), device=state.device)
     loss_sum = torch.zeros((), device=state.device)
@@ -137,7 +138,8 @@ def evaluate(state: TrainState, pm: pluggy.PluginManager, split: Split, prefix: 
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
             seen += len(labels)
     model.train(was_training)
-    metrics = {f"{prefix}/acc1": (correct / seen).item(), f"{prefix}/loss": (loss_sum / seen).item()}
+    metrics = {f"{prefix}/acc1": (correct / seen).item(),
+               f"{prefix}/loss": (loss_sum / seen).item()}
     for extra in pm.hook.evaluate(state=state, metrics=dict(metrics)):
         metrics.update({f"{prefix}/{k}": v for k, v in (extra or {}).items()})
     return metrics
@@ -160,10 +162,14 @@ def _batches(n: int, batch_size: int, generator: torch.Generator,
         yield order[start:start + batch_size]
 
 
-def _on_device(split: Split, device: torch.device) -> Split:
-    if split.images.device == device:
+def _on_device(split: Split, state: TrainState) -> Split:
+    """The split on the training device, copied there once per training (CPU: no copy)."""
+    if split.images.device == state.device:
         return split
-    return Split(split.images.to(device), split.labels.to(device))
+    cache = state.extras.setdefault("_on_device", {})
+    if id(split) not in cache:
+        cache[id(split)] = Split(split.images.to(state.device), split.labels.to(state.device))
+    return cache[id(split)]
 
 
 def _norm_tensors(state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ from automl.functional import soft_targets
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
+
 def cutmix(images: torch.Tensor, targets: torch.Tensor, alpha: float,
            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste a random box from a partner image into each sample; labels mix by box area."""
