@@ -112,7 +112,7 @@ def _hook_problem(exc: pluggy.PluginValidationError) -> str:
         hook = text.split("unknown hook", 1)[1].split()[0].strip("'\"")
         valid = ", ".join(hook_names(hookspecs.TrainingSpecs))
         return f"unknown hook '{hook}' (valid hooks: {valid})"
-    return text.splitlines()[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def hook_names(specs: type) -> list[str]:

@@ -13,6 +13,14 @@ def soft_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(targets, num_classes).float()
 
 
+def sample_beta(alpha: float, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n draws of Beta(α, α) from ``generator`` (on its device), via two Gamma draws."""
+    concentration = torch.full((n,), float(alpha), device=generator.device)
+    a = torch._standard_gamma(concentration, generator=generator)
+    b = torch._standard_gamma(concentration, generator=generator)
+    return a / (a + b).clamp_min(torch.finfo(a.dtype).tiny)
+
+
 def per_sample(mask: torch.Tensor) -> torch.Tensor:
     """Reshape an N-vector so it broadcasts over N×C×H×W images."""
     return mask.view(-1, 1, 1, 1)

@@ -280,7 +280,8 @@ def _parse_technique(p: _Parser, key: tuple[str, ...], cls: type[Technique],
     valid = ["enabled", *cls.space]
     p.known_keys(entry, key, valid)
     enabled = entry.get("enabled", None if cls.optional else True)
-    p.expect(enabled in (True, False, None), (*key, "enabled"), "expected true or false")
+    p.expect(enabled is None or isinstance(enabled, bool), (*key, "enabled"),
+             "expected true or false")
     if enabled is False and not cls.optional:
         p.fail((*key, "enabled"), f"technique '{cls.name}' is required and cannot be disabled")
     params: dict[str, Any] = {}
@@ -292,6 +293,8 @@ def _parse_technique(p: _Parser, key: tuple[str, ...], cls: type[Technique],
         elif not isinstance(value, BaseDistribution):
             problem = cls.check_value(param, value)
             p.expect(problem is None, pkey, problem or "")
+            if isinstance(default_dist, IntDistribution):
+                value = int(value)
         params[param] = value
     return TechniqueSpace(cls=cls, enabled=enabled, params=params)
 
@@ -317,6 +320,9 @@ def _parse_distribution(p: _Parser, key: tuple[str, ...], cls: type[Technique], 
     if kind == "float":
         p.expect(isinstance(base, FloatDistribution), (*key, "type"),
                  f"'{param}' takes integers; use type: int")
+    else:
+        p.expect(isinstance(base, IntDistribution), (*key, "type"),
+                 f"'{param}' takes real numbers; use type: float")
     p.known_keys(spec, key, ("type", "low", "high", "log", "step"))
     for bound in ("low", "high"):
         p.expect(bound in spec, key, f"missing '{bound}'")
@@ -324,10 +330,12 @@ def _parse_distribution(p: _Parser, key: tuple[str, ...], cls: type[Technique], 
         p.expect(problem is None, (*key, bound), problem or "")
     log, step = spec.get("log", False), spec.get("step")
     p.expect(isinstance(log, bool), (*key, "log"), "expected true or false")
+    p.expect(step is None or (isinstance(step, (int, float)) and not isinstance(step, bool)
+                              and step > 0), (*key, "step"), f"expected a number > 0, got {step!r}")
     try:
         if kind == "float":
             return FloatDistribution(float(spec["low"]), float(spec["high"]), log=log, step=step)
         return IntDistribution(int(spec["low"]), int(spec["high"]), log=log, step=step or 1)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         p.fail(key, str(exc))
         raise AssertionError("unreachable") from None

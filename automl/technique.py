@@ -65,7 +65,7 @@ class Technique:
         """Why ``value`` is not a valid fixed value of ``param`` (None when it is)."""
         dist = cls.space[param]
         if isinstance(dist, CategoricalDistribution):
-            if value not in dist.choices:
+            if not any(type(c) is type(value) and c == value for c in dist.choices):
                 return f"{value!r} is not one of {', '.join(map(repr, dist.choices))}"
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):

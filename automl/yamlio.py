@@ -44,7 +44,9 @@ def load_yaml(path: str | Path) -> tuple[Any, Lines]:
         lines: Lines = {}
         data = _build(loader, node, (), lines, name) if node is not None else None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
+        # An unclosed bracket is reported where parsing gave up; its opening line is clearer.
+        unclosed = exc.context_mark is not None and "flow" in (exc.context or "")
+        mark = exc.context_mark if unclosed else (exc.problem_mark or exc.context_mark)
         line = mark.line + 1 if mark else None
         raise ConfigError(f"invalid YAML: {exc.problem or exc.context}", file=name,
                           line=line) from None
@@ -55,9 +57,16 @@ def load_yaml(path: str | Path) -> tuple[Any, Lines]:
     return data, lines
 
 
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in
+               ("map", "seq", "str", "int", "float", "bool", "null")}
+
+
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple[str, ...], lines: Lines,
            name: str) -> Any:
     lines[path] = node.start_mark.line + 1
+    if node.tag not in _PLAIN_TAGS:  # !!python/... and custom tags never construct objects
+        raise ConfigError(f"unsupported YAML tag {node.tag}", file=name,
+                          key=".".join(path) or None, line=node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from optuna.distributions import FloatDistribution
 
-from automl.functional import soft_targets
+from automl.functional import sample_beta, soft_targets
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
@@ -13,7 +13,7 @@ def cutmix(images: torch.Tensor, targets: torch.Tensor, alpha: float,
     """Paste a random box from a partner image into each sample; labels mix by box area."""
     n, _, h, w = images.shape
     dev = images.device
-    lam = torch.distributions.Beta(alpha, alpha).sample((n,)).to(dev)
+    lam = sample_beta(alpha, n, generator)
     cut = torch.sqrt(1 - lam)
     cy = torch.rand(n, device=dev, generator=generator) * h
     cx = torch.rand(n, device=dev, generator=generator) * w

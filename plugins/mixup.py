@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from optuna.distributions import FloatDistribution
 
-from automl.functional import per_sample, soft_targets
+from automl.functional import per_sample, sample_beta, soft_targets
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
@@ -12,7 +12,7 @@ def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float,
           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend each sample with a random partner; every sample draws its own Beta(α, α) weight."""
     n = len(images)
-    lam = torch.distributions.Beta(alpha, alpha).sample((n,)).to(images.device)
+    lam = sample_beta(alpha, n, generator).to(images.dtype)
     partner = torch.randperm(n, device=images.device, generator=generator)
     mixed = per_sample(lam) * images + per_sample(1 - lam) * images[partner]
     return mixed, lam[:, None] * targets + (1 - lam[:, None]) * targets[partner]
