@@ -213,20 +213,20 @@ def techniques(name):
 @cli.command()
 def plugins():
     """List loaded plugins, the techniques each provides, and the hooks each implements."""
-    from automl.discovery import discovery_manager, hook_names, technique_catalog
+    from automl import hookspecs
+    from automl.discovery import discovery_manager, hook_names, plugin_origin, technique_catalog
     from automl.hookspecs import TrainingSpecs
 
     pm = discovery_manager()
     catalog = technique_catalog()
     training_hooks = hook_names(TrainingSpecs)
     for plugin_name, plugin in pm.list_name_plugin():
-        dist = dict(pm.list_plugin_distinfo()).get(plugin)
-        origin = f"{dist.project_name} {dist.version}" if dist else getattr(
-            plugin, "__name__", type(plugin).__module__)
         hooks = [h.name for h in pm.get_hookcallers(plugin) or []]
-        click.echo(f"{plugin_name} ({origin}): discovery hooks {', '.join(hooks)}")
+        click.echo(f"{plugin_name} ({plugin_origin(plugin_name)}): discovery hooks "
+                   f"{', '.join(hooks)}")
     for tname, cls in catalog.items():
-        hooks = [h for h in training_hooks if callable(getattr(cls, h, None))]
+        hooks = [h for h in training_hooks
+                 if hasattr(getattr(cls, h, None), f"{hookspecs.PROJECT}_impl")]
         click.echo(f"    {tname:<20} {', '.join(hooks)}")
 
 

@@ -20,10 +20,12 @@ from automl.technique import Technique
 if TYPE_CHECKING:
     from automl.recipe import Recipe
 
-__all__ = ["ENTRY_POINT_GROUP", "discovery_manager", "technique_catalog", "training_manager",
+__all__ = ["ENTRY_POINT_GROUP", "discovery_manager", "plugin_origin", "technique_catalog",
+           "training_manager",
            "check_technique_hooks", "hook_names"]
 
 ENTRY_POINT_GROUP = "automl"
+_ORIGINS: dict[str, str] = {"builtins": "automl-recipes (built-in)"}
 
 
 @functools.cache
@@ -42,7 +44,15 @@ def discovery_manager() -> pluggy.PluginManager:
         if isinstance(obj, type) and issubclass(obj, Technique):
             obj = _SingleTechnique(obj)
         _register(pm, obj, ep.name)
+        if ep.dist is not None:
+            _ORIGINS[ep.name] = f"{ep.dist.name} {ep.dist.version}"
     return pm
+
+
+def plugin_origin(name: str) -> str:
+    """The distribution (name and version) a discovery plugin was installed with."""
+    discovery_manager()
+    return _ORIGINS.get(name, "unknown distribution")
 
 
 class _SingleTechnique:
@@ -60,8 +70,9 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
     try:
         pm.register(plugin, name=name)
         pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        pm.unregister(name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        if pm.has_plugin(name):
+            pm.unregister(name=name)
         raise UserError(f"plugin '{name}': {exc}") from None
 
 

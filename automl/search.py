@@ -113,6 +113,7 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
         sampler=make_sampler(settings.sampler, settings.seed),
         pruner=make_pruner(settings.pruner, space.epochs), direction=settings.direction,
         load_if_exists=True)
+    _check_same_objective(study, settings)
     if not study.trials:
         study.set_user_attr("metric", settings.metric)
         study.set_user_attr("space", space.source)
@@ -159,12 +160,23 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
     return study
 
 
+def _check_same_objective(study: optuna.Study, settings: SearchSettings) -> None:
+    """Refuse to resume a study under another metric or direction (results would mix)."""
+    stored_metric = study.user_attrs.get("metric", settings.metric)
+    stored_direction = study.direction.name.lower()
+    if (stored_metric, stored_direction) != (settings.metric, settings.direction):
+        raise UserError(
+            f"study '{settings.study_name}' optimises {stored_metric} ({stored_direction}), "
+            f"not {settings.metric} ({settings.direction}); use another --study-name or --out")
+
+
 def open_study(study_name: str, run_dir: Path, storage: str | None) -> optuna.Study:
     """Load an existing study; an unknown name lists the ones the storage holds."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not storage and not (run_dir / "study.journal").exists():
-        raise UserError(f"no study found in {run_dir} (run `automl search` first, or pass "
-                        "--out DIR / --storage URL)")
+    journal = None if storage and "://" in storage else Path(storage or run_dir / "study.journal")
+    if journal is not None and not journal.exists():
+        raise UserError(f"no study found: {journal} does not exist (run `automl search` first, "
+                        "or pass --out DIR / --storage URL|PATH)")
     backend = open_storage(storage, run_dir)
     try:
         return optuna.load_study(study_name=study_name, storage=backend)

@@ -93,6 +93,7 @@ def dump_yaml(data: Any) -> str:
 def write_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` so a reader never sees a half-written file (temp file + rename)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -20,7 +20,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -62,7 +62,7 @@ def automl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           timeout=600, env=dict(os.environ))
 
 
-def invoke(*args: str) -> object:
+def invoke(*args: str) -> Result:
     """Run a command in-process; a library exception is re-raised with its traceback."""
     result = CliRunner().invoke(cli, list(args), catch_exceptions=True)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -371,9 +371,8 @@ def test_help_lists_commands_and_options():
 
 @pytest.fixture
 def space_dir(tmp_path, monkeypatch):
-    """A tmp folder holding tiny.yaml (epochs 2) and tiny1.yaml (epochs 1), used as the cwd."""
+    """A tmp folder holding tiny.yaml (epochs 2), used as the cwd."""
     write_space(tmp_path)
-    write_space(tmp_path, "tiny1", epochs=1)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -394,16 +393,18 @@ def test_sampler_and_pruner_options_run(space_dir, options, n_trials):
     assert (space_dir / "RUN" / "best_recipe.yaml").is_file()
 
 
-@pytest.fixture
-def random_runs(space_dir):
-    """Three fresh `--sampler random --pruner none` searches: seeds 7, 7 and 8."""
+@pytest.fixture(scope="module")
+def random_runs(tmp_path_factory):
+    """Three fresh `--sampler random --pruner none` searches in new dirs: seeds 7, 7 and 8."""
+    root = tmp_path_factory.mktemp("seeded")
+    space = write_space(root, "tiny1", epochs=1)
     runs = {}
     for out, seed in (("A", 7), ("B", 7), ("C", 8)):
-        result = invoke("search", "tiny1.yaml", "--out", out, "--sampler", "random",
+        result = invoke("search", str(space), "--out", str(root / out), "--sampler", "random",
                         "--pruner", "none", "--n-trials", "3", "--seed", str(seed))
         assert result.exit_code == 0, result.output
         assert "sampler random, pruner none" in result.output
-        runs[out] = load_study(space_dir / out, "tiny1").trials
+        runs[out] = load_study(root / out, "tiny1").trials
     return runs
 
 
@@ -456,3 +457,49 @@ def test_bad_study_value_in_the_space_is_one_located_line(space_dir):
     line = error_line(result)
     assert line.startswith("Error: bad.yaml:9: study.pruner: ") and "hyperband" in line
     assert not (space_dir / "RUN").exists()
+
+
+def test_train_refuses_a_space_with_searched_values(space_dir):
+    result = invoke("train", "tiny.yaml", "--out", "T")
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert line.startswith("Error: tiny.yaml") and "optimizer.name" in line
+    assert not (space_dir / "T").exists()
+
+
+# --- regressions: bugs found and fixed ----------------------------------------------------
+
+
+def test_export_into_a_missing_folder_is_a_user_error_or_works(searched, tmp_path):
+    root, _ = searched
+    target = tmp_path / "missing" / "r.yaml"
+    result = CliRunner().invoke(cli, ["export", "--out", str(root / "RUN"), "--study-name",
+                                      "tiny", "-o", str(target)])
+    assert result.exit_code in (0, 2), result.exception
+    if result.exit_code == 0:
+        assert target.read_text() == (root / "RUN" / "best_recipe.yaml").read_text()
+    else:
+        assert error_line(result).startswith("Error: ")
+
+
+def test_reading_a_missing_journal_storage_writes_nothing(tmp_path):
+    journal = tmp_path / "nothing" / "x.journal"
+    result = invoke("show", "--storage", str(journal), "--study-name", "tiny")
+    assert result.exit_code == 2
+    assert error_line(result).startswith("Error: ")
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_resume_with_another_metric_is_refused(searched, tmp_path, monkeypatch):
+    root, _ = searched
+    shutil.copytree(root / "RUN", tmp_path / "RUN")
+    best_before = (tmp_path / "RUN" / "best_recipe.yaml").read_text()
+    (tmp_path / "tiny.yaml").write_text(
+        (TINY % {"epochs": 2}).replace("{n_trials: 4}",
+                                       "{n_trials: 5, metric: val/loss, direction: minimize}"))
+    monkeypatch.chdir(tmp_path)
+    result = invoke("search", "tiny.yaml", "--out", "RUN")
+    assert result.exit_code == 2, result.output
+    assert "val/acc1" in error_line(result)
+    assert len(load_study(tmp_path / "RUN").trials) == 4
+    assert (tmp_path / "RUN" / "best_recipe.yaml").read_text() == best_before

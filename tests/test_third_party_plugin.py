@@ -1,0 +1,310 @@
+"""Third-party plugins as real installed distributions, seen by the real ``automl`` command.
+
+Each test builds a folder with plugin modules and ``*.dist-info`` metadata (exactly what
+``pip install`` leaves in site-packages), puts it on ``PYTHONPATH`` and runs the installed
+console script in a subprocess, so discovery goes through ``importlib.metadata`` entry points
+and nothing in this process's registries is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from automl.cli import cli
+
+SCRIPT = Path(sys.executable).parent / "automl"
+AUTOML = str(SCRIPT) if SCRIPT.exists() else shutil.which("automl")
+LOG_ENV = "AUTOML_TEST_PLUGIN_LOG"  # where the plugins below log their hook calls
+
+# The plugin guide's example technique (docs/plugins.md), plus a log line per epoch so the test
+# can see that the hook really ran inside each trial, with that trial's parameters.
+INPUT_NOISE = '''
+import json
+import os
+
+import torch
+from optuna.distributions import FloatDistribution
+
+from automl import Technique, hookimpl
+
+
+class InputNoise(Technique):
+    """Input noise: add Gaussian noise to each normalised training batch.
+
+    Helps: small datasets where the model memorises pixel-exact inputs.
+    Suggested: std 0.05-0.1.
+    Source: Bishop, "Training with noise is equivalent to Tikhonov regularization" (1995).
+    """
+
+    name = "input_noise"
+    space = {"std": FloatDistribution(0.0, 0.2)}
+    defaults = {"std": 0.05}
+    limits = {"std": (0.0, None)}
+
+    @hookimpl
+    def on_batch(self, state):
+        noise = torch.randn(state.images.shape, device=state.device, generator=state.generator)
+        state.images = state.images + self.params["std"] * noise
+        state.extras["input_noise_batches"] = state.extras.get("input_noise_batches", 0) + 1
+
+    @hookimpl
+    def on_epoch_end(self, state):
+        with open(os.environ["AUTOML_TEST_PLUGIN_LOG"], "a") as log:
+            log.write(json.dumps({"technique": self.name, "std": self.params["std"],
+                                  "batches": state.extras.get("input_noise_batches", 0)}) + "\\n")
+'''
+
+# A package-style plugin: the entry point names a module implementing register_techniques.
+GRAD_NOISE = '''
+import json
+import os
+
+import torch
+from optuna.distributions import FloatDistribution
+
+from automl import Technique, hookimpl
+
+
+class GradNoise(Technique):
+    """Gradient noise: add Gaussian noise to every gradient before the optimizer step.
+
+    Helps: very deep or hard-to-optimise networks.
+    Source: Neelakantan et al., "Adding Gradient Noise Improves Learning" (2015).
+    """
+
+    name = "grad_noise"
+    space = {"scale": FloatDistribution(1e-4, 1e-2, log=True)}
+    defaults = {"scale": 1e-3}
+
+    @hookimpl
+    def after_backward(self, state):
+        for p in state.model.parameters():
+            if p.grad is not None:
+                p.grad.add_(torch.randn_like(p.grad), alpha=self.params["scale"])
+        state.extras["grad_noise_steps"] = state.extras.get("grad_noise_steps", 0) + 1
+
+    @hookimpl
+    def on_epoch_end(self, state):
+        with open(os.environ["AUTOML_TEST_PLUGIN_LOG"], "a") as log:
+            log.write(json.dumps({"technique": self.name, "scale": self.params["scale"],
+                                  "batches": state.extras.get("grad_noise_steps", 0)}) + "\\n")
+
+
+@hookimpl
+def register_techniques(register):
+    register(GradNoise)
+'''
+
+# A plugin that adds a CLI command.
+HELLO_COMMAND = '''
+import click
+
+from automl import hookimpl
+
+
+@hookimpl
+def register_commands(cli):
+    @cli.command(name="count-techniques")
+    @click.option("--prefix", default="", help="Only names starting with this.")
+    def count_techniques(prefix):
+        """Count the installed techniques whose name starts with PREFIX."""
+        from automl.discovery import technique_catalog
+
+        names = sorted(n for n in technique_catalog() if n.startswith(prefix))
+        click.echo(f"{len(names)} technique(s): {', '.join(names)}")
+'''
+
+SPACE = """\
+model: automl_resnet8
+data: {dataset: digits, batch_size: 128}
+epochs: 2
+techniques:
+  optimizer: {}
+  input_noise: {enabled: true}
+  grad_noise: {enabled: true}
+study: {n_trials: 2, pruner: none}
+"""
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def install(site: Path, dist: str, version: str, module: str, source: str,
+            entry_points: dict[str, str]) -> None:
+    """Write ``module.py`` and its ``.dist-info`` the way an installer would."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[automl]\n{lines}")
+    (info / "RECORD").write_text("")
+
+
+def environment(site: Path, log: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(site))
+    if log is not None:
+        env[LOG_ENV] = str(log)
+    return env
+
+
+def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    assert AUTOML, "the automl console script is not installed"
+    return subprocess.Popen([AUTOML, *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return finish(start(args, cwd, env))
+
+
+# --- a site with three well-behaved plugin distributions --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good_site(tmp_path_factory):
+    """Install three plugins, then run five commands through the console script at once.
+
+    The commands are independent (only `search` writes, into its own --out), so they run
+    concurrently to keep the file fast on a small machine.
+    """
+    root = tmp_path_factory.mktemp("third_party")
+    site = root / "site"
+    install(site, "my_technique", "0.1", "my_technique", INPUT_NOISE,
+            {"input_noise": "my_technique:InputNoise"})
+    install(site, "automl-extras", "0.2", "automl_extras", GRAD_NOISE,
+            {"extras": "automl_extras"})
+    install(site, "automl-hello", "0.3", "automl_hello", HELLO_COMMAND,
+            {"hello": "automl_hello"})
+    (root / "space.yaml").write_text(SPACE)
+    log = root / "hooks.jsonl"
+    env = environment(site, log)
+    commands = {
+        "techniques": ["techniques"],
+        "card": ["techniques", "input_noise"],
+        "plugins": ["plugins"],
+        "help": ["--help"],
+        "count": ["count-techniques", "--prefix", "input"],
+        "search": ["search", "space.yaml", "--out", "RUN", "--device", "cpu"],
+    }
+    running = {key: start(args, root, env) for key, args in commands.items()}
+    results = {key: finish(proc) for key, proc in running.items()}
+    return root, results
+
+
+def _ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, f"{result.args}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def test_techniques_lists_the_installed_techniques(good_site):
+    _, results = good_site
+    out = _ok(results["techniques"])
+    assert re.search(r"^input_noise \(optional\): Input noise: add Gaussian noise", out, re.M)
+    assert re.search(r"^\s+std\s+\[0\.0, 0\.2\]\s+default 0\.05$", out, re.M), out
+    assert re.search(r"^grad_noise \(optional\): Gradient noise:", out, re.M)
+    assert re.search(r"^\s+scale\s+\[0\.0001, 0\.01\] log\s+default 0\.001$", out, re.M), out
+    assert re.search(r"^mixup \(optional\)", out, re.M)  # the built-ins are still there
+    card = _ok(results["card"])
+    assert "Source: Bishop" in card and "Suggested: std 0.05-0.1." in card
+    assert "grad_noise" not in card
+
+
+def test_plugins_lists_each_plugin_and_the_hooks_of_its_technique(good_site):
+    _, results = good_site
+    out = _ok(results["plugins"])
+    assert re.search(r"^builtins \(", out, re.M)
+    for plugin, hooks in (("input_noise", "register_techniques"),
+                          ("extras", "register_techniques"),
+                          ("hello", "register_commands")):
+        assert re.search(rf"^{plugin} \(.*\): discovery hooks {hooks}$", out, re.M), out
+    assert re.search(r"^\s+input_noise\s+on_batch, on_epoch_end$", out, re.M), out
+    assert re.search(r"^\s+grad_noise\s+after_backward, on_epoch_end$", out, re.M), out
+
+
+def test_plugins_names_the_distribution_of_each_plugin(good_site):
+    _, results = good_site
+    out = _ok(results["plugins"])
+    assert re.search(r"^input_noise \(my_technique 0\.1\)", out, re.M), out
+    assert re.search(r"^extras \(automl-extras 0\.2\)", out, re.M), out
+    assert re.search(r"^hello \(automl-hello 0\.3\)", out, re.M), out
+
+
+def test_plugin_command_appears_in_help_and_runs(good_site):
+    _, results = good_site
+    helptext = _ok(results["help"])
+    assert re.search(r"^\s+count-techniques\s+Count the installed techniques", helptext, re.M)
+    for builtin in ("search", "train", "plugins"):
+        assert re.search(rf"^\s+{builtin}\s", helptext, re.M)
+    assert _ok(results["count"]).strip() == "1 technique(s): input_noise"
+
+
+def test_search_uses_both_third_party_techniques_in_every_trial(good_site):
+    root, results = good_site
+    out = _ok(results["search"])
+    assert len(re.findall(r"^trial\s+\d+\s+done\s", out, re.M)) == 2
+    best = yaml.safe_load((root / "RUN" / "best_recipe.yaml").read_text())
+    assert best["techniques"]["input_noise"]["enabled"] is True
+    assert 0.0 <= best["techniques"]["input_noise"]["std"] <= 0.2
+
+    runner = CliRunner()
+    recipes = []
+    for number in (0, 1):
+        result = runner.invoke(cli, ["export", "--out", str(root / "RUN"), "--study-name",
+                                     "space", "--trial", str(number)])
+        assert result.exit_code == 0, result.output
+        recipes.append(yaml.safe_load(result.output))
+    assert best in recipes
+    for recipe in recipes:
+        assert set(recipe["techniques"]) == {"optimizer", "input_noise", "grad_noise"}
+        assert 0.0 <= recipe["techniques"]["input_noise"]["std"] <= 0.2
+        assert 1e-4 <= recipe["techniques"]["grad_noise"]["scale"] <= 1e-2
+    assert recipes[0]["techniques"]["input_noise"]["std"] == 0.05  # the baseline: defaults
+    assert recipes[0]["techniques"]["grad_noise"]["scale"] == 1e-3
+
+    # each technique's hooks ran inside training, every epoch, with its trial's parameters
+    log = [json.loads(line) for line in (root / "hooks.jsonl").read_text().splitlines()]
+    for name, param in (("input_noise", "std"), ("grad_noise", "scale")):
+        entries = [e for e in log if e["technique"] == name]
+        assert len(entries) == 2 * 2  # two trials of two epochs
+        assert [e[param] for e in entries[::2]] == \
+            [r["techniques"][name][param] for r in recipes]
+        assert all(e["batches"] > 0 for e in entries)
+
+
+# --- broken plugins ---------------------------------------------------------------------------
+
+
+def test_misspelled_hook_stops_search_before_anything_is_written(tmp_path):
+    site = tmp_path / "site"
+    misspelled = INPUT_NOISE.replace("def on_batch(", "def on_btach(")
+    assert "on_btach" in misspelled
+    install(site, "my_technique", "0.1", "my_technique", misspelled,
+            {"input_noise": "my_technique:InputNoise"})
+    (tmp_path / "space.yaml").write_text(SPACE.replace("  grad_noise: {enabled: true}\n", ""))
+    result = run(["search", "space.yaml", "--out", "RUN"], tmp_path,
+                 environment(site, tmp_path / "hooks.jsonl"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert "input_noise" in lines[0] and "on_btach" in lines[0]
+    assert not (tmp_path / "RUN").exists() and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "hooks.jsonl").exists()
