@@ -9,7 +9,7 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
-__all__ = ["open_storage", "describe_storage"]
+__all__ = ["open_storage"]
 
 
 def open_storage(storage: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
@@ -22,11 +22,3 @@ def open_storage(storage: str | None, run_dir: Path) -> optuna.storages.BaseStor
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
 
-
-def describe_storage(storage: str | None, run_dir: Path) -> str:
-    """A printable name for the storage, with any password in the URL masked."""
-    if storage and "://" in storage:
-        from sqlalchemy.engine import make_url
-
-        return make_url(storage).render_as_string(hide_password=True)
-    return str(Path(storage) if storage else run_dir / "study.journal")
