@@ -70,13 +70,18 @@ class ConsoleReporter:
         return f"best {best.value:.4f} (trial {best.number})"
 
 
-def _value(trial: FrozenTrial) -> str:
+def _score(trial: FrozenTrial) -> float | None:
+    """The final value, or for a pruned trial its last reported score."""
     if trial.value is not None:
-        return f"{trial.value:.4f}"
+        return trial.value
     if trial.intermediate_values:
-        last = trial.intermediate_values[max(trial.intermediate_values)]
-        return f"{last:.4f}"
-    return "   -  "
+        return trial.intermediate_values[max(trial.intermediate_values)]
+    return None
+
+
+def _value(trial: FrozenTrial) -> str:
+    score = _score(trial)
+    return "   -  " if score is None else f"{score:.4f}"
 
 
 def ranked_trials(study: optuna.Study, top: int | None = None) -> list[FrozenTrial]:
@@ -86,8 +91,7 @@ def ranked_trials(study: optuna.Study, top: int | None = None) -> list[FrozenTri
               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
     def key(t: FrozenTrial):
-        score = t.value if t.value is not None else (
-            t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None)
+        score = _score(t)
         score = float("-inf") if score is None else (score if maximize else -score)
         return (t.state == TrialState.COMPLETE, score)
 
