@@ -13,11 +13,13 @@ import torch
 
 import automl.models  # noqa: F401  (registers the small networks in timm)
 from automl.hookspecs import hookimpl
+from automl.losses import make_loss
 from automl.state import TrainState
 
 
 class CoreDefaults:
-    """timm model, plain SGD at a constant LR, cross-entropy, evaluate the trained weights."""
+    """timm model, plain SGD at a constant LR, shuffled epochs, the composed classification loss
+    (cross-entropy unless loss techniques set options), evaluate the trained weights."""
 
     @hookimpl(trylast=True)
     def build_model(self, state: TrainState, kwargs: dict[str, Any]) -> torch.nn.Module:
@@ -37,7 +39,12 @@ class CoreDefaults:
     @hookimpl(trylast=True)
     def build_loss(self, state: TrainState) -> None:
         if state.loss_fn is None:
-            state.loss_fn = torch.nn.CrossEntropyLoss()
+            state.loss_fn = make_loss(state.loss_options)
+
+    @hookimpl(trylast=True)
+    def epoch_order(self, state: TrainState) -> torch.Tensor:
+        return torch.randperm(len(state.data.train), generator=state.generator,
+                              device=state.device)
 
     @hookimpl(trylast=True)
     def eval_model(self, state: TrainState) -> torch.nn.Module:

@@ -24,3 +24,12 @@ def sample_beta(alpha: float, n: int, generator: torch.Generator) -> torch.Tenso
 def per_sample(mask: torch.Tensor) -> torch.Tensor:
     """Reshape an N-vector so it broadcasts over N×C×H×W images."""
     return mask.view(-1, 1, 1, 1)
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Float images resized to size×size (bilinear, antialiased when shrinking)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    shrink = size < images.shape[-1]
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=shrink).contiguous(memory_format=torch.channels_last)

@@ -45,6 +45,15 @@ class TrainingSpecs:
     """Hooks of a trial's manager, listed in the order the trainer calls them."""
 
     @hookspec
+    def configure_training(self, state: TrainState) -> None:
+        """Change the run's settings before anything is built.
+
+        Fields meant for this hook: ``epochs`` (longer training), ``accumulation_steps``
+        (gradient accumulation), ``train_image_size`` (training resolution) and
+        ``input_mean`` / ``input_std`` (input normalisation, in [0, 1] units).
+        """
+
+    @hookspec
     def model_kwargs(self, state: TrainState) -> dict[str, Any]:
         """Return keyword arguments for the model factory (merged in call order).
 
@@ -87,6 +96,15 @@ class TrainingSpecs:
     def on_epoch_start(self, state: TrainState) -> None:
         """A training epoch begins (``state.epoch`` counts from 0)."""
 
+    @hookspec(firstresult=True)
+    def epoch_order(self, state: TrainState) -> torch.Tensor:
+        """Return this epoch's order of training-sample indices (on ``state.device``).
+
+        The first non-None result wins (default: a random permutation from
+        ``state.generator``). Consecutive runs of ``batch_size`` indices form the batches; an
+        order may repeat indices (repeated augmentation) or leave some out.
+        """
+
     @hookspec
     def augment_batch(self, state: TrainState) -> None:
         """Augment ``state.images`` (uint8, N×C×H×W, on the device) per sample.
@@ -107,7 +125,11 @@ class TrainingSpecs:
 
     @hookspec
     def after_backward(self, state: TrainState) -> None:
-        """Gradients exist; change them before the step (gradient clipping)."""
+        """Gradients exist; change them before the step (gradient clipping).
+
+        With gradient accumulation this runs once per optimizer step, when the gradients of
+        all ``accumulation_steps`` micro-batches have been summed.
+        """
 
     @hookspec
     def after_step(self, state: TrainState) -> None:
@@ -116,6 +138,13 @@ class TrainingSpecs:
     @hookspec
     def on_epoch_end(self, state: TrainState) -> None:
         """A training epoch ended, before validation."""
+
+    @hookspec
+    def on_validation(self, state: TrainState, metrics: dict[str, float]) -> None:
+        """The epoch's validation ``metrics`` are known (``val/acc1``, ``val/loss``, ...).
+
+        Set ``state.stop_training = True`` to end training after this epoch (early stopping).
+        """
 
     @hookspec(firstresult=True)
     def eval_model(self, state: TrainState) -> torch.nn.Module:

@@ -23,7 +23,8 @@ def replay(recipe: Recipe, out: Path, *, device: str | None = None,
     data = load_data(recipe.data)  # user errors surface before anything is written
     pm = training_manager(recipe)
     state = prepare(recipe, data, pm, resolve_device(device))
-    fit(state, pm, on_epoch=(lambda e, m: progress(e, recipe.epochs, m)) if progress else None)
+    fit(state, pm, on_epoch=(lambda st, m: progress(st.epoch + 1, st.epochs, m))
+        if progress else None)
     metrics = {**state.history[-1], **evaluate(state, pm, data.test, "test")}
     out.mkdir(parents=True, exist_ok=True)
     model = pm.hook.eval_model(state=state)

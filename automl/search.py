@@ -22,6 +22,7 @@ from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
 from automl.recipe import Recipe
 from automl.space import SearchSpace
+from automl.state import TrainState
 from automl.storage import open_storage
 from automl.trainer import TrainingDiverged, resolve_device, train
 from automl.yamlio import write_atomic
@@ -87,7 +88,11 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
-    """Hyperband over epochs by default; ``none`` trains every trial to the end."""
+    """Hyperband over epochs by default; ``none`` trains every trial to the end.
+
+    ``epochs`` is the longest training a trial of the space can run (techniques such as
+    long training multiply the space's epochs), so Hyperband's brackets span every trial.
+    """
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
                                               reduction_factor=3)
@@ -111,7 +116,7 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
     study = optuna.create_study(
         study_name=settings.study_name, storage=open_storage(settings.storage, settings.run_dir),
         sampler=make_sampler(settings.sampler, settings.seed),
-        pruner=make_pruner(settings.pruner, space.epochs), direction=settings.direction,
+        pruner=make_pruner(settings.pruner, space.max_epochs()), direction=settings.direction,
         load_if_exists=True)
     _check_same_objective(study, settings)
     if not study.trials:
@@ -129,10 +134,12 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
         reporter.trial_start(trial, recipe)
         pm = training_manager(recipe, catalog)
 
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
+            epoch = state.epoch + 1
             trial.report(metrics[settings.metric], epoch)
-            reporter.epoch(trial, epoch, recipe.epochs, metrics)
-            if epoch < recipe.epochs and trial.should_prune():  # a finished run completes
+            reporter.epoch(trial, epoch, state.epochs, metrics)
+            last = epoch == state.epochs or state.stop_training
+            if not last and trial.should_prune():  # a finished run completes
                 trial.set_user_attr("epochs_run", epoch)
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 

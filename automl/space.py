@@ -41,7 +41,7 @@ DEFAULT_STUDY: dict[str, Any] = {
 }
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("hyperband", "median", "sha", "none")
-METRICS = ("val/acc1", "val/loss")
+METRICS = ("val/acc1", "val/loss", "val/balanced_acc")
 
 
 @dataclass
@@ -106,6 +106,14 @@ class SearchSpace:
             }
         return Recipe(model=self.model, data=dict(self.data), epochs=self.epochs,
                       seed=self.seed, techniques=chosen)
+
+    def max_epochs(self) -> int:
+        """The longest training any trial of this space can run (the pruning budget)."""
+        factor = 1.0
+        for t in self.techniques.values():
+            if t.enabled is not False:
+                factor *= t.cls.max_epoch_factor(t.params)
+        return max(1, round(self.epochs * factor))
 
     def baseline_params(self) -> dict[str, Any]:
         """Trial parameters of the baseline: every technique's defaults, clipped to the space."""

@@ -21,7 +21,7 @@ class TrainState:
     device: torch.device
     epochs: int
     batch_size: int
-    steps_per_epoch: int
+    batches_per_epoch: int
     generator: torch.Generator  # on ``device``: per-sample randomness for augmentation
     amp_dtype: torch.dtype | None = None  # bf16 on CUDA, None (fp32) on CPU
     model: torch.nn.Module | None = None
@@ -34,7 +34,13 @@ class TrainState:
     images: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     loss: torch.Tensor | None = None
+    accumulation_steps: int = 1  # micro-batches summed per optimizer step
+    train_image_size: int = 0  # resolution batches are trained at (0 = stored size)
     eval_image_size: int | None = None  # set by inference-resize techniques
+    input_mean: tuple[float, ...] = ()  # normalisation in [0, 1] units (default: data's own)
+    input_std: tuple[float, ...] = ()
+    loss_options: dict[str, Any] = field(default_factory=dict)  # see automl.losses
+    stop_training: bool = False  # set by on_validation hooks to end after this epoch
     history: list[dict[str, float]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -49,6 +55,11 @@ class TrainState:
     @property
     def image_size(self) -> int:
         return self.data.image_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (batches divided by gradient-accumulation steps)."""
+        return max(self.batches_per_epoch // self.accumulation_steps, 1)
 
     @property
     def total_steps(self) -> int:

@@ -78,6 +78,12 @@ class Technique:
         return None
 
     @classmethod
+    def max_epoch_factor(cls, params: dict[str, Any]) -> float:
+        """The most this technique can multiply a recipe's epochs by, given its part of a
+        space (values fixed or distributions); the pruner's budget spans it. Default 1."""
+        return 1.0
+
+    @classmethod
     def validate_class(cls) -> None:
         """Raise TypeError if the class is not a usable technique (checked at registration)."""
         where = f"{cls.__module__}.{cls.__qualname__}"

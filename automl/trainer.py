@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from automl.data import DataBundle, Split
+from automl.functional import resize
 from automl.state import TrainState
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["TrainingDiverged", "resolve_device", "prepare", "fit", "evaluate", "train",
            "EpochCallback"]
 
-EpochCallback = Callable[[int, dict[str, float]], None]
+EpochCallback = Callable[[TrainState, dict[str, float]], None]
 
 
 class TrainingDiverged(RuntimeError):
@@ -41,16 +42,19 @@ def resolve_device(name: str | None = None) -> torch.device:
 
 def prepare(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager,
             device: torch.device) -> TrainState:
-    """Build model, optimizer, scheduler and loss through the hooks."""
+    """Configure the run, then build model, optimizer, scheduler and loss through the hooks."""
     torch.manual_seed(recipe.seed)
     batch_size = min(recipe.data["batch_size"], len(data.train.labels))
     generator = torch.Generator(device=device)
     generator.manual_seed(recipe.seed)
     state = TrainState(
         recipe=recipe, data=data, device=device, epochs=recipe.epochs, batch_size=batch_size,
-        steps_per_epoch=len(data.train.labels) // batch_size, generator=generator,
+        batches_per_epoch=len(data.train.labels) // batch_size, generator=generator,
         amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
+        train_image_size=data.image_size, input_mean=data.mean, input_std=data.std,
     )
+    pm.hook.configure_training(state=state)
+    state.accumulation_steps = max(1, min(state.accumulation_steps, state.batches_per_epoch))
     kwargs: dict = {}
     for extra in reversed(pm.hook.model_kwargs(state=state)):  # results arrive last-first
         kwargs.update(extra or {})
@@ -69,63 +73,72 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
         max_steps: int | None = None) -> None:
     """Train for ``state.epochs`` epochs, validating after each one.
 
-    ``on_epoch(epoch, metrics)`` may raise (a pruner stopping the trial). ``max_steps`` stops
-    early after that many optimizer steps (used by tests).
+    ``on_epoch(state, metrics)`` may raise (a pruner stopping the trial). ``max_steps`` stops
+    early after that many optimizer steps (used by tests). With gradient accumulation, each
+    optimizer step sums the gradients of ``accumulation_steps`` micro-batches.
     """
     hook, train = pm.hook, _on_device(state.data.train, state)
-    mean, std = _norm_tensors(state)
     autocast = _autocast(state)
+    micro = state.accumulation_steps
     for epoch in range(state.epochs):
         state.epoch = epoch
         state.model.train()
         hook.on_epoch_start(state=state)
+        mean, std = _norm_tensors(state)
+        order = hook.epoch_order(state=state)
         loss_sum = torch.zeros((), device=state.device)
-        steps = 0
-        for idx in _batches(len(train.labels), state.batch_size, state.generator, state.device):
+        batches = 0
+        for i, idx in enumerate(_batches(order, state.batch_size, state.steps_per_epoch * micro)):
             state.images, state.targets = train.images[idx], train.labels[idx]
             hook.augment_batch(state=state)
-            state.images = _normalise(state.images, mean, std)
+            state.images = resize(_normalise(state.images, mean, std), state.train_image_size)
             hook.on_batch(state=state)
             with autocast:
                 logits = state.model(state.images)
                 state.loss = state.loss_fn(logits.float(), state.targets)
             hook.after_loss(state=state)
-            state.optimizer.zero_grad(set_to_none=True)
-            state.loss.backward()
+            if i % micro == 0:
+                state.optimizer.zero_grad(set_to_none=True)
+            (state.loss / micro if micro > 1 else state.loss).backward()
+            loss_sum += state.loss.detach()
+            batches += 1
+            if (i + 1) % micro:
+                continue
             hook.after_backward(state=state)
             state.optimizer.step()
             if state.scheduler is not None:
                 state.scheduler.step()
             hook.after_step(state=state)
-            loss_sum += state.loss.detach()
             state.step += 1
-            steps += 1
             if max_steps is not None and state.step >= max_steps:
                 break
         hook.on_epoch_end(state=state)
-        train_loss = (loss_sum / max(steps, 1)).item()
+        train_loss = (loss_sum / max(batches, 1)).item()
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss is {train_loss} in epoch {state.epoch + 1}")
         metrics = {"train/loss": train_loss, **evaluate(state, pm, state.data.val, "val")}
         state.history.append({"epoch": state.epoch + 1, **metrics})
+        hook.on_validation(state=state, metrics=dict(metrics))
         if on_epoch is not None:
-            on_epoch(state.epoch + 1, metrics)
-        if max_steps is not None and state.step >= max_steps:
+            on_epoch(state, metrics)
+        if state.stop_training or (max_steps is not None and state.step >= max_steps):
             break
 
 
 @torch.no_grad()
 def evaluate(state: TrainState, pm: pluggy.PluginManager, split: Split, prefix: str,
              max_batches: int | None = None) -> dict[str, float]:
-    """Top-1 accuracy and loss of the ``eval_model`` hook's model on one split."""
+    """Top-1 accuracy, loss and balanced accuracy (mean per-class recall) of the
+    ``eval_model`` hook's model on one split."""
     model = pm.hook.eval_model(state=state)
     was_training = model.training
     model.eval()
     data = _on_device(split, state)
     mean, std = _norm_tensors(state)
-    correct = torch.zeros((), device=state.device)
+    classes = torch.arange(state.num_classes, device=state.device)
+    hits = torch.zeros(state.num_classes, device=state.device)  # correct, per true class
+    counts = torch.zeros(state.num_classes, device=state.device)
     loss_sum = torch.zeros((), device=state.device)
-    seen = 0
     with _autocast(state):
         for i, start in enumerate(range(0, len(data.labels), 512)):
             if max_batches is not None and i >= max_batches:
@@ -134,12 +147,17 @@ def evaluate(state: TrainState, pm: pluggy.PluginManager, split: Split, prefix: 
             state.images = _normalise(data.images[start:start + 512], mean, std)
             pm.hook.eval_batch(state=state)
             logits = model(state.images).float()
-            correct += (logits.argmax(1) == labels).sum()
+            one_hot = (labels[:, None] == classes).float()
+            hits += (one_hot * (logits.argmax(1) == labels)[:, None]).sum(0)
+            counts += one_hot.sum(0)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-            seen += len(labels)
     model.train(was_training)
-    metrics = {f"{prefix}/acc1": (correct / seen).item(),
-               f"{prefix}/loss": (loss_sum / seen).item()}
+    seen = counts.sum()
+    present = counts > 0
+    recall = hits[present] / counts[present]
+    metrics = {f"{prefix}/acc1": (hits.sum() / seen).item(),
+               f"{prefix}/loss": (loss_sum / seen).item(),
+               f"{prefix}/balanced_acc": recall.mean().item()}
     for extra in pm.hook.evaluate(state=state, metrics=dict(metrics)):
         metrics.update({f"{prefix}/{k}": v for k, v in (extra or {}).items()})
     return metrics
@@ -154,11 +172,10 @@ def train(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager, *,
     return state
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator,
-             device: torch.device) -> Iterator[torch.Tensor]:
-    """Shuffled index batches, dropping the ragged last one (batch norm needs > 1 sample)."""
-    order = torch.randperm(n, generator=generator, device=device)
-    for start in range(0, n - batch_size + 1, batch_size):
+def _batches(order: torch.Tensor, batch_size: int, limit: int) -> Iterator[torch.Tensor]:
+    """At most ``limit`` full batches of ``order``; the ragged end is dropped (batch norm)."""
+    count = min(len(order) // batch_size, limit)
+    for start in range(0, count * batch_size, batch_size):
         yield order[start:start + batch_size]
 
 
@@ -173,13 +190,18 @@ def _on_device(split: Split, state: TrainState) -> Split:
 
 
 def _norm_tensors(state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_mean`` / ``input_std`` as 0–255 tensors, rebuilt only when a hook changes them."""
     cached = state.extras.get("_norm")
-    if cached is None:
-        shape = (1, -1, 1, 1)
-        mean = torch.tensor(state.data.mean, device=state.device).view(shape) * 255
-        std = torch.tensor(state.data.std, device=state.device).view(shape) * 255
-        cached = state.extras["_norm"] = (mean, std)
-    return cached
+    if cached is None or cached[0] is not state.input_mean or cached[1] is not state.input_std:
+        mean, std = (_as_image_stats(v, state) * 255 for v in (state.input_mean, state.input_std))
+        cached = state.extras["_norm"] = (state.input_mean, state.input_std, mean, std)
+    return cached[2], cached[3]
+
+
+def _as_image_stats(values, state: TrainState) -> torch.Tensor:
+    """Per-channel values (C) or a per-pixel map (C×H×W) as a broadcastable 4-d tensor."""
+    tensor = torch.as_tensor(values, dtype=torch.float32, device=state.device)
+    return tensor.view(1, -1, 1, 1) if tensor.dim() == 1 else tensor.unsqueeze(0)
 
 
 def _normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

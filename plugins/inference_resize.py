@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-import torch.nn.functional as F
 from optuna.distributions import FloatDistribution
 
+from automl.functional import resize
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
@@ -27,7 +27,4 @@ class InferenceResize(Technique):
 
     @hookimpl
     def eval_batch(self, state):
-        size = state.eval_image_size
-        if state.images.shape[-1] != size:
-            state.images = F.interpolate(state.images, size=(size, size), mode="bilinear",
-                                         align_corners=False, antialias=size < state.image_size)
+        state.images = resize(state.images, state.eval_image_size)

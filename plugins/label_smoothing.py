@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import torch
 from optuna.distributions import FloatDistribution
 
 from automl.hookspecs import hookimpl
@@ -23,4 +22,4 @@ class LabelSmoothing(Technique):
 
     @hookimpl
     def build_loss(self, state):
-        state.loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=self.params["smoothing"])
+        state.loss_options["label_smoothing"] = self.params["smoothing"]

@@ -399,8 +399,10 @@ def test_stochastic_depth_adds_drop_path_rising_to_the_rate(data):
 def test_label_smoothing_sets_the_loss(data, smoothing):
     recipe = _recipe({"label_smoothing": {"smoothing": smoothing}})
     state = prepare(recipe, data, training_manager(recipe), CPU)
-    assert isinstance(state.loss_fn, torch.nn.CrossEntropyLoss)
-    assert state.loss_fn.label_smoothing == smoothing
+    assert state.loss_options == {"label_smoothing": smoothing}
+    logits, labels = torch.randn(8, 10), torch.arange(8)
+    expected = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=smoothing)
+    assert torch.allclose(state.loss_fn(logits, labels), expected)
 
 
 def test_grad_clip_bounds_the_gradient_norm(data):
