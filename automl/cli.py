@@ -188,12 +188,16 @@ def train(recipe, out, device, data_dir, download):
 
 @cli.command()
 @click.argument("name", required=False)
-def techniques(name):
+@click.option("--markdown", is_flag=True, help="Print the catalog as a Markdown table.")
+def techniques(name, markdown):
     """List every technique with its method card summary and search space (or one in full)."""
     from automl.discovery import technique_catalog
-    from automl.technique import describe_distribution
+    from automl.technique import describe_distribution, markdown_table
 
     catalog = technique_catalog()
+    if markdown:
+        click.echo(markdown_table(catalog))
+        return
     if name:
         if name not in catalog:
             raise UserError(f"unknown technique '{name}'; valid: {', '.join(sorted(catalog))}")

@@ -61,9 +61,19 @@ class SmallResNet(nn.Module):
         self.dropout = nn.Dropout(drop_rate)
         self.head = nn.Linear(cin, num_classes)
 
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm's API: techniques find the embedding through it)."""
+        return self.head
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.dropout(self.pool(x).flatten(1))
+        return x if pre_logits else self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.blocks(self.stem(x))).flatten(1)
-        return self.head(self.dropout(x))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model

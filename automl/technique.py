@@ -19,9 +19,10 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-__all__ = ["Technique", "contains", "describe_distribution"]
+__all__ = ["Technique", "contains", "describe_distribution", "markdown_table"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_SECTION = re.compile(r"^([A-Z][a-z]+):\s*(.*)$")
 
 
 class Technique:
@@ -59,6 +60,19 @@ class Technique:
         """First line of the method card."""
         card = cls.card()
         return card.splitlines()[0] if card else ""
+
+    @classmethod
+    def card_section(cls, label: str) -> str:
+        """A labelled section of the card (``Helps``, ``Suggested``, ``Source``) as one line."""
+        found, lines = False, []
+        for line in cls.card().splitlines()[1:]:
+            match = _SECTION.match(line.strip())
+            if match:
+                found = match.group(1) == label
+                line = match.group(2) if found else ""
+            if found and line.strip():
+                lines.append(line.strip())
+        return " ".join(lines)
 
     @classmethod
     def check_value(cls, param: str, value: Any) -> str | None:
@@ -124,3 +138,16 @@ def describe_distribution(dist: BaseDistribution) -> str:
             text += f" step {dist.step}"
         return text
     return repr(dist)
+
+
+def markdown_table(catalog: dict[str, type[Technique]]) -> str:
+    """The catalog as the README's Markdown table: name, kind, summary, space, source."""
+    rows = ["| technique | kind | what it does | parameters (default space) | source |",
+            "|---|---|---|---|---|"]
+    for name, cls in catalog.items():
+        kind = "optional" if cls.optional else "required"
+        params = ", ".join(f"`{p}` {describe_distribution(d)}" for p, d in cls.space.items())
+        summary = cls.summary().rstrip(".").replace("|", "\\|")
+        source = cls.card_section("Source").replace("|", "\\|")
+        rows.append(f"| `{name}` | {kind} | {summary} | {params or 'on/off only'} | {source} |")
+    return "\n".join(rows)

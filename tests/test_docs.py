@@ -8,6 +8,8 @@ import pytest
 
 from automl import hookspecs
 from automl.discovery import hook_names, technique_catalog
+from automl.plugins import BUILTIN_TECHNIQUES
+from automl.technique import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_DOC = (ROOT / "docs" / "plugins.md").read_text()
@@ -27,9 +29,17 @@ def test_doc_sections_name_only_real_hooks():
     assert sorted(documented) == sorted(ALL_HOOKS)
 
 
-def test_readme_lists_every_technique():
-    for name in technique_catalog():
-        assert f"| `{name}` |" in README, f"README's technique table lacks {name}"
+def test_readme_technique_table_is_generated_from_the_catalog():
+    table = re.search(r"<!-- techniques-table -->\n(.*?)\n<!-- /techniques-table -->", README,
+                      re.S).group(1)
+    assert table == markdown_table(technique_catalog()), \
+        "README's table is stale: paste the output of `automl techniques --markdown`"
+
+
+@pytest.mark.parametrize("cls", BUILTIN_TECHNIQUES, ids=lambda cls: cls.name)
+def test_builtin_method_cards_say_when_it_helps_the_range_and_the_source(cls):
+    for label in ("Helps", "Suggested", "Source"):
+        assert cls.card_section(label), f"{cls.name}: method card lacks '{label}:'"
 
 
 def test_ci_runs_the_readme_test_command():

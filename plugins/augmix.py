@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from optuna.distributions import IntDistribution
+from torchvision.transforms import v2
+
+from automl.hookspecs import hookimpl
+from automl.technique import Technique
+
+from .augment_policy import apply_per_sample
+
+
+class AugMix(Technique):
+    """AugMix: blend a few random augmentation chains of each image with the image itself.
+
+    Helps: robustness to corruptions and calibration, with less distortion of the image
+    than a single strong op; each sample draws its own chains and mixing weights.
+    Suggested: severity 3, mixture width 3 (the paper's settings).
+    Source: Hendrycks et al., "AugMix: A Simple Data Processing Method to Improve Robustness
+    and Uncertainty" (2020).
+    """
+
+    name = "augmix"
+    space = {
+        "severity": IntDistribution(1, 10),
+        "mixture_width": IntDistribution(1, 4),
+    }
+    defaults = {"severity": 3, "mixture_width": 3}
+    limits = {"severity": (1, 10), "mixture_width": (1, 16)}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self.transform = v2.AugMix(severity=self.params["severity"],
+                                   mixture_width=self.params["mixture_width"])
+
+    @hookimpl
+    def augment_batch(self, state):
+        state.images = apply_per_sample(self.transform, state.images)
