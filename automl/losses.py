@@ -52,12 +52,17 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, *,
         if focal_gamma:
             prob = torch.sigmoid(logits)
             p_target = prob * target + (1 - prob) * (1 - target)
-            terms = terms * (1 - p_target).pow(focal_gamma)
+            terms = terms * _focal_factor(p_target, focal_gamma)
     else:
         log_prob = F.log_softmax(logits, dim=1)
         terms = -target * log_prob
         if focal_gamma:
-            terms = terms * (1 - log_prob.exp()).pow(focal_gamma)
+            terms = terms * _focal_factor(log_prob.exp(), focal_gamma)
     if class_weights is not None:
         terms = terms * class_weights
     return terms.sum(1).mean()
+
+
+def _focal_factor(prob: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(1 − p)^γ; the base is kept above 0 so γ < 1 has no infinite gradient at p = 1."""
+    return (1 - prob).clamp_min(torch.finfo(prob.dtype).tiny).pow(gamma)

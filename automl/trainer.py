@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from automl.recipe import Recipe
 
 __all__ = ["TrainingDiverged", "resolve_device", "prepare", "fit", "evaluate", "train",
-           "EpochCallback"]
+           "EpochCallback", "split_on_device", "normalise_batch", "autocast"]
 
 EpochCallback = Callable[[TrainState, dict[str, float]], None]
 
@@ -77,8 +77,8 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
     early after that many optimizer steps (used by tests). With gradient accumulation, each
     optimizer step sums the gradients of ``accumulation_steps`` micro-batches.
     """
-    hook, train = pm.hook, _on_device(state.data.train, state)
-    autocast = _autocast(state)
+    hook, train = pm.hook, split_on_device(state.data.train, state)
+    mixed_precision = autocast(state)
     micro = state.accumulation_steps
     for epoch in range(state.epochs):
         state.epoch = epoch
@@ -93,7 +93,7 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
             hook.augment_batch(state=state)
             state.images = resize(_normalise(state.images, mean, std), state.train_image_size)
             hook.on_batch(state=state)
-            with autocast:
+            with mixed_precision:
                 logits = state.model(state.images)
                 state.loss = state.loss_fn(logits.float(), state.targets)
             hook.after_loss(state=state)
@@ -133,13 +133,13 @@ def evaluate(state: TrainState, pm: pluggy.PluginManager, split: Split, prefix: 
     model = pm.hook.eval_model(state=state)
     was_training = model.training
     model.eval()
-    data = _on_device(split, state)
+    data = split_on_device(split, state)
     mean, std = _norm_tensors(state)
     classes = torch.arange(state.num_classes, device=state.device)
     hits = torch.zeros(state.num_classes, device=state.device)  # correct, per true class
     counts = torch.zeros(state.num_classes, device=state.device)
     loss_sum = torch.zeros((), device=state.device)
-    with _autocast(state):
+    with autocast(state):
         for i, start in enumerate(range(0, len(data.labels), 512)):
             if max_batches is not None and i >= max_batches:
                 break
@@ -179,7 +179,7 @@ def _batches(order: torch.Tensor, batch_size: int, limit: int) -> Iterator[torch
         yield order[start:start + batch_size]
 
 
-def _on_device(split: Split, state: TrainState) -> Split:
+def split_on_device(split: Split, state: TrainState) -> Split:
     """The split on the training device, copied there once per training (CPU: no copy)."""
     if split.images.device == state.device:
         return split
@@ -187,6 +187,11 @@ def _on_device(split: Split, state: TrainState) -> Split:
     if id(split) not in cache:
         cache[id(split)] = Split(split.images.to(state.device), split.labels.to(state.device))
     return cache[id(split)]
+
+
+def normalise_batch(state: TrainState, images: torch.Tensor) -> torch.Tensor:
+    """A uint8 batch normalised exactly as the trainer feeds the model (before any resize)."""
+    return _normalise(images, *_norm_tensors(state))
 
 
 def _norm_tensors(state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +214,8 @@ def _normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
     return ((images.float() - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def _autocast(state: TrainState):
+def autocast(state: TrainState):
+    """bf16 autocast on CUDA, a no-op on CPU (fp32)."""
     if state.amp_dtype is None:
         return nullcontext()
     return torch.autocast(device_type=state.device.type, dtype=state.amp_dtype)

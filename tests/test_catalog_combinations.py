@@ -12,11 +12,11 @@ import math
 import optuna
 import pytest
 import torch
+from automl.plugins import BUILTIN_TECHNIQUES
 
 from automl.cli import shipped_spaces
 from automl.data import load_data
 from automl.discovery import technique_catalog, training_manager
-from automl.plugins import BUILTIN_TECHNIQUES
 from automl.space import load_space
 from automl.trainer import train
 

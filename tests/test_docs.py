@@ -5,10 +5,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from automl.plugins import BUILTIN_TECHNIQUES
 
 from automl import hookspecs
 from automl.discovery import hook_names, technique_catalog
-from automl.plugins import BUILTIN_TECHNIQUES
 from automl.technique import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent

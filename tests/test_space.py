@@ -185,7 +185,7 @@ def test_scientific_notation_is_a_float(catalog, tmp_path):
         techniques:
           optimizer: {name: sgd, lr: 1e-3}
           weight_decay: {enabled: true, value: 5E-4, exclude_norm_bias: true}
-          lr_schedule: {schedule: cosine, warmup: 0.0}
+          lr_schedule: {schedule: cosine, warmup: 0.0, warmup_shape: linear, cycles: 3}
     """)
     data, _ = load_yaml(path)
     lr = data["techniques"]["optimizer"]["lr"]
@@ -200,7 +200,7 @@ def test_integer_valued_float_for_an_int_parameter_becomes_an_int(catalog, tmp_p
     path = _write(tmp_path, """
         techniques:
           optimizer: {name: sgd, lr: 0.05}
-          lr_schedule: {schedule: cosine, warmup: 0.0}
+          lr_schedule: {schedule: cosine, warmup: 0.0, warmup_shape: linear, cycles: 3}
           random_crop: {enabled: true, padding: 2.0, padding_mode: constant}
     """)
     recipe = load_recipe(path, catalog)
@@ -218,7 +218,8 @@ def test_recipe_round_trips_through_yaml(catalog, tmp_path):
         epochs=3, seed=7,
         techniques={
             "optimizer": {"name": "adamw", "lr": 3.0e-5},
-            "lr_schedule": {"schedule": "onecycle", "warmup": 0.1},
+            "lr_schedule": {"schedule": "onecycle", "warmup": 0.1, "warmup_shape": "cosine",
+                            "cycles": 2},
             "weight_decay": {"value": 1e-6, "exclude_norm_bias": False},
             "random_crop": {"padding": 3, "padding_mode": "reflect"},
             "label_smoothing": {"smoothing": 0.123456789012345},
@@ -240,10 +241,12 @@ def test_sampled_recipes_round_trip(catalog, tmp_path):
 
 @pytest.mark.parametrize(("techniques", "free_key"), [
     ("optimizer: {name: sgd, lr: 0.1}\n  lr_schedule: {schedule: cosine}", "lr_schedule.warmup"),
-    ("optimizer: {name: sgd, lr: 0.1}\n  lr_schedule: {schedule: cosine, warmup: 0.0}\n"
+    ("optimizer: {name: sgd, lr: 0.1}\n"
+     "  lr_schedule: {schedule: cosine, warmup: 0.0, warmup_shape: linear, cycles: 3}\n"
      "  mixup: {alpha: 0.2}", "mixup.enabled"),
     ("optimizer: {name: {type: categorical, choices: [sgd, adamw]}, lr: 0.1}\n"
-     "  lr_schedule: {schedule: cosine, warmup: 0.0}", "optimizer.name"),
+     "  lr_schedule: {schedule: cosine, warmup: 0.0, warmup_shape: linear, cycles: 3}",
+     "optimizer.name"),
 ])
 def test_load_recipe_rejects_free_values_naming_the_key(catalog, tmp_path, techniques, free_key):
     path = _write(tmp_path, f"techniques:\n  {techniques}\n", name="recipe.yaml")

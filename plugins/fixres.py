@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Iterator
+
+import torch
+from optuna.distributions import FloatDistribution, IntDistribution
+
+from automl.functional import resize
+from automl.hookspecs import hookimpl
+from automl.technique import Technique
+from automl.trainer import autocast, normalise_batch, split_on_device
+
+
+def _batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tensor]
+                           ) -> torch.nn.Module:
+    """A copy of ``model`` whose batch-norm running statistics are re-estimated on ``batches``.
+
+    The statistics are reset and averaged with equal weight over the batches (momentum None);
+    only the batch-norm layers run in training mode, so dropout and stochastic depth do not
+    skew them. The copy is returned in eval mode; ``model`` is not changed.
+    """
+    model = copy.deepcopy(model).eval()
+    for bn in _batch_norms(model):
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    for images in batches:
+        model(images)
+    return model.eval()
+
+
+def calibration_batches(state, count: int) -> Iterator[torch.Tensor]:
+    """``count`` training batches without augmentation, normalised as the trainer does and
+    resized to the evaluation resolution; a fixed seeded sample, so every call sees the same."""
+    train = split_on_device(state.data.train, state)
+    size = state.eval_image_size or state.image_size
+    gen = torch.Generator().manual_seed(state.recipe.seed)
+    order = torch.randperm(len(train.labels), generator=gen).to(state.device)
+    for start in range(0, min(count, len(order) // state.batch_size) * state.batch_size,
+                       state.batch_size):
+        images = train.images[order[start:start + state.batch_size]]
+        yield resize(normalise_batch(state, images), size)
+
+
+class FixRes(Technique):
+    """FixRes: train at a lower resolution, test at full resolution with recalibrated batch norm.
+
+    Helps: random crops make objects look larger in training than at test time; training
+    smaller (cheaper) and testing larger removes that discrepancy. Before every evaluation a
+    copy of the evaluated model (EMA weights included) gets its batch-norm statistics
+    recomputed on ``calibration_batches`` un-augmented training batches at the evaluation
+    size (a light version of the paper's fine-tuning at test resolution; models without
+    batch norm are evaluated unchanged). Combines with inference_resize (a larger test size)
+    and progressive_resizing (which then grows to the reduced training size).
+    Suggested: train_scale 0.6–0.8.
+    Source: Touvron et al., "Fixing the train-test resolution discrepancy" (2019).
+    """
+
+    name = "fixres"
+    space = {
+        "train_scale": FloatDistribution(0.5, 0.9),
+        "calibration_batches": IntDistribution(2, 20),
+    }
+    defaults = {"train_scale": 0.75, "calibration_batches": 10}
+    limits = {"train_scale": (0.05, 1.0), "calibration_batches": (1, 1000)}
+
+    @hookimpl
+    def configure_training(self, state):
+        state.train_image_size = max(1, round(state.image_size * self.params["train_scale"]))
+
+    @hookimpl(wrapper=True)
+    def eval_model(self, state):
+        model = yield
+        if not _batch_norms(model):
+            return model
+        with autocast(state):
+            return recalibrate_batch_norm(
+                model, calibration_batches(state, self.params["calibration_batches"]))
