@@ -201,7 +201,7 @@ def good_site(tmp_path_factory):
         "card": ["techniques", "input_noise"],
         "plugins": ["plugins"],
         "help": ["--help"],
-        "count": ["count-techniques", "--prefix", "input"],
+        "count": ["count-techniques", "--prefix", "input_noi"],
         "search": ["search", "space.yaml", "--out", "RUN", "--device", "cpu"],
     }
     running = {key: start(args, root, env) for key, args in commands.items()}
