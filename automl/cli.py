@@ -182,7 +182,8 @@ def train(recipe, out, device, data_dir, download):
                    f"val/acc1 {metrics['val/acc1']:.4f}")
 
     metrics = replay(parsed, out, device=device, progress=progress)
-    click.echo(f"test/acc1 {metrics['test/acc1']:.4f}  test/loss {metrics['test/loss']:.4f}")
+    click.echo(f"test/acc1 {metrics['test/acc1']:.4f}  test/balanced_acc "
+               f"{metrics['test/balanced_acc']:.4f}  test/loss {metrics['test/loss']:.4f}")
     click.echo(f"saved {out / 'model.pt'}, {out / 'metrics.json'}, {out / 'recipe.yaml'}")
 
 
