@@ -17,7 +17,7 @@ import pickle
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "load_data",
     "register_dataset",
     "stratified_split",
+    "with_fewer_samples",
 ]
 
 DEFAULT_DATA_DIR = "~/.cache/automl/data"
@@ -131,6 +132,22 @@ def load_data(config: Mapping[str, Any]) -> DataBundle:
         _BUNDLES[bundle_key] = _build_bundle(
             cfg["dataset"], train_full, test, names, cfg["val_fraction"], cfg["split_seed"])
     return _BUNDLES[bundle_key]
+
+
+def with_fewer_samples(data: DataBundle, classes: Sequence[int], keep: float,
+                       seed: int = 0) -> DataBundle:
+    """``data`` with only a ``keep`` fraction (at least one) of the training images of
+    ``classes``: an imbalanced (long-tailed) variant; validation and test stay as they are."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = data.train.labels
+    kept = torch.ones(len(labels), dtype=torch.bool)
+    for c in classes:
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        kept[idx[max(1, round(len(idx) * keep)):]] = False
+    train = _subset(data.train, kept.nonzero().flatten())
+    mean, std = _channel_stats(train.images)
+    return replace(data, train=train, mean=mean, std=std)
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from automl.recipe import Recipe
 
 __all__ = ["TrainingDiverged", "resolve_device", "prepare", "fit", "evaluate", "train",
-           "EpochCallback", "split_on_device", "normalise_batch", "autocast"]
+           "EpochCallback", "split_on_device", "normalise_batch", "autocast", "class_recall"]
 
 EpochCallback = Callable[[TrainState, dict[str, float]], None]
 
@@ -125,18 +125,38 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
             break
 
 
-@torch.no_grad()
 def evaluate(state: TrainState, pm: pluggy.PluginManager, split: Split, prefix: str,
              max_batches: int | None = None) -> dict[str, float]:
     """Top-1 accuracy, loss and balanced accuracy (mean per-class recall) of the
     ``eval_model`` hook's model on one split."""
+    hits, counts, loss_sum = _class_hits(state, pm, split, max_batches)
+    present = counts > 0
+    metrics = {f"{prefix}/acc1": (hits.sum() / counts.sum()).item(),
+               f"{prefix}/loss": (loss_sum / counts.sum()).item(),
+               f"{prefix}/balanced_acc": (hits[present] / counts[present]).mean().item()}
+    for extra in pm.hook.evaluate(state=state, metrics=dict(metrics)):
+        metrics.update({f"{prefix}/{k}": v for k, v in (extra or {}).items()})
+    return metrics
+
+
+def class_recall(state: TrainState, pm: pluggy.PluginManager, split: Split) -> torch.Tensor:
+    """Recall of every class on ``split`` (NaN for a class the split lacks)."""
+    hits, counts, _ = _class_hits(state, pm, split)
+    return (hits / counts).cpu()
+
+
+@torch.no_grad()
+def _class_hits(state: TrainState, pm: pluggy.PluginManager, split: Split,
+                max_batches: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Correct predictions and samples per true class, and the summed loss (all on device)."""
     model = pm.hook.eval_model(state=state)
     was_training = model.training
     model.eval()
     data = split_on_device(split, state)
     mean, std = _norm_tensors(state)
     classes = torch.arange(state.num_classes, device=state.device)
-    hits = torch.zeros(state.num_classes, device=state.device)  # correct, per true class
+    hits = torch.zeros(state.num_classes, device=state.device)
     counts = torch.zeros(state.num_classes, device=state.device)
     loss_sum = torch.zeros((), device=state.device)
     with autocast(state):
@@ -152,15 +172,7 @@ def evaluate(state: TrainState, pm: pluggy.PluginManager, split: Split, prefix: 
             counts += one_hot.sum(0)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
     model.train(was_training)
-    seen = counts.sum()
-    present = counts > 0
-    recall = hits[present] / counts[present]
-    metrics = {f"{prefix}/acc1": (hits.sum() / seen).item(),
-               f"{prefix}/loss": (loss_sum / seen).item(),
-               f"{prefix}/balanced_acc": recall.mean().item()}
-    for extra in pm.hook.evaluate(state=state, metrics=dict(metrics)):
-        metrics.update({f"{prefix}/{k}": v for k, v in (extra or {}).items()})
-    return metrics
+    return hits, counts, loss_sum
 
 
 def train(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager, *,

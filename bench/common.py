@@ -1,0 +1,27 @@
+"""What every benchmark shares: the device's name and writing the result JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU with its usable core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def report(name: str, result: dict) -> None:
+    """Print the JSON line and save it as bench/results/NAME-<device>.json."""
+    line = json.dumps(result)
+    RESULTS.mkdir(exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
+    (RESULTS / f"{name}-{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(line)
