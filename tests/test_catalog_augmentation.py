@@ -24,7 +24,6 @@ from automl.plugins.repeated_augmentation import repeated_order
 from torch import nn
 from torchvision.transforms import v2
 
-from automl.data import load_data
 from automl.discovery import training_manager
 from automl.hookspecs import hookimpl
 from automl.recipe import Recipe
@@ -34,18 +33,6 @@ CPU = torch.device("cpu")
 DATA_CONFIG = {"dataset": "digits", "batch_size": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and it does not stall when the CPU is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_data(DATA_CONFIG)
 
 
 def _recipe(techniques: dict) -> Recipe:

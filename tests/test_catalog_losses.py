@@ -24,7 +24,7 @@ from automl.plugins.triplet_loss import batch_hard_triplet
 from timm.layers.norm_act import BatchNormAct2d, GroupNormAct
 from torch import nn
 
-from automl.data import Split, load_data
+from automl.data import Split
 from automl.discovery import training_manager
 from automl.hookspecs import hookimpl
 from automl.losses import classification_loss
@@ -35,18 +35,6 @@ CPU = torch.device("cpu")
 DATA_CONFIG = {"dataset": "digits", "batch_size": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and it does not stall when the CPU is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_data(DATA_CONFIG)
 
 
 def _recipe(techniques: dict, model: str = "automl_resnet8") -> Recipe:

@@ -18,7 +18,6 @@ from automl.plugins.lr_schedule import restart_factor, warmup_then
 from automl.plugins.progressive_resizing import progressive_size
 from timm.optim import Lamb
 
-from automl.data import load_data
 from automl.discovery import technique_catalog, training_manager
 from automl.hookspecs import hookimpl
 from automl.recipe import Recipe
@@ -29,18 +28,6 @@ CPU = torch.device("cpu")
 DATA_CONFIG = {"dataset": "digits", "batch_size": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and it does not stall when the CPU is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_data(DATA_CONFIG)
 
 
 def _recipe(techniques: dict, epochs: int = 1, batch_size: int = 32) -> Recipe:

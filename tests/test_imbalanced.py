@@ -28,14 +28,6 @@ SEEDS = (0, 1, 2)
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and it does not stall when the CPU is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def mean_recalls(data: DataBundle, techniques: dict) -> tuple[float, float]:
     """Minority and majority mean recall on the balanced test split, averaged over SEEDS."""

@@ -21,7 +21,6 @@ from automl.plugins.weight_decay import decay_groups
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from timm.layers import DropPath
 
-from automl.data import load_data
 from automl.discovery import check_technique_hooks, technique_catalog, training_manager
 from automl.errors import UserError
 from automl.hookspecs import hookimpl
@@ -93,18 +92,6 @@ class Recorder:
             torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest, and it does not stall when the CPU is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data():
-    return load_data(DATA_CONFIG)
 
 
 # --- every technique, trained at the edges of its space --------------------------------------
