@@ -1,8 +1,11 @@
-"""Datasets as in-memory uint8 tensors: registry, loaders, seeded val split, normalization stats.
+"""Datasets as uint8 images: registry, loaders, seeded val split, normalization stats.
 
-Every dataset is held fully in memory as ``uint8`` (N, C, H, W) so a search process loads it once
-and each trial only indexes and normalizes batches. The validation split is a seeded stratified
-cut from the official training set; the official test split is never touched by a search.
+A dataset that fits is held fully in memory as ``uint8`` (N, C, H, W) so a search process loads it
+once and each trial only indexes and normalizes batches (on the GPU when there is one). An image
+folder too large for that stays on disk as :class:`ImageFiles`: DataLoader workers decode and
+resize each batch, and augmentation still runs batched on the device. The validation split is a
+seeded stratified cut from the official training set; the official test split is never
+touched by a search.
 
 Only the downloaders of torchvision are used; the files are read by the small readers below, so
 results do not depend on torchvision's dataset classes.
@@ -10,6 +13,7 @@ results do not depend on torchvision's dataset classes.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
@@ -29,11 +33,13 @@ from automl.errors import ConfigError, UserError
 __all__ = [
     "DATASETS",
     "DataBundle",
+    "ImageFiles",
     "Split",
     "available_datasets",
     "clear_cache",
     "load_data",
     "register_dataset",
+    "stats_sample",
     "stratified_split",
     "with_fewer_samples",
 ]
@@ -41,18 +47,72 @@ __all__ = [
 DEFAULT_DATA_DIR = "~/.cache/automl/data"
 FIXED_TEST_FRACTION = 0.2  # test cut for datasets without an official test split
 FIXED_TEST_SEED = 0  # independent of ``split_seed`` so the test set never changes
+IN_MEMORY_LIMIT = 2 << 30  # bytes of decoded images a folder may hold in memory (`in_memory: auto`)
+STATS_SAMPLE = 2048  # images of an on-disk split that normalization statistics are estimated on
 DOWNLOAD_HINT = "set `download: true` in the data config or pass --data-dir pointing at the files"
+
+
+class ImageFiles:
+    """Images on disk that index like a uint8 (N, 3, size, size) tensor, decoding on demand.
+
+    ``images[idx]`` decodes a batch (threads; PIL releases the GIL). The trainer instead feeds
+    ``dataset()`` to a DataLoader with ``workers`` processes, so decoding overlaps training.
+    """
+
+    dtype = torch.uint8
+    ndim = 4
+    device = torch.device("cpu")
+
+    def __init__(self, paths: Sequence[Path], size: int, workers: int):
+        self.paths, self.size, self.workers = tuple(paths), size, workers
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.paths), 3, self.size, self.size))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        rows = torch.arange(len(self.paths))[idx].reshape(-1).tolist()
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            arrays = list(pool.map(lambda i: _read_image(self.paths[i], self.size), rows))
+        if not arrays:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+        return torch.from_numpy(np.stack(arrays))
+
+    def subset(self, idx: torch.Tensor) -> ImageFiles:
+        return ImageFiles([self.paths[i] for i in idx.tolist()], self.size, self.workers)
+
+    def dataset(self, labels: torch.Tensor) -> torch.utils.data.Dataset:
+        """(image, label) pairs a DataLoader with a batch sampler of index lists can read."""
+        return _DecodedImages(self.paths, self.size, labels)
+
+
+class _DecodedImages(torch.utils.data.Dataset):
+    def __init__(self, paths: tuple[Path, ...], size: int, labels: torch.Tensor):
+        self.paths, self.size, self.labels = paths, size, labels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(_read_image(self.paths[i], self.size)), self.labels[i]
 
 
 @dataclass(frozen=True)
 class Split:
     """One set of images with labels; validated so every consumer can rely on the layout."""
 
-    images: torch.Tensor  # uint8, shape (N, C, H, W), contiguous, CPU
+    images: torch.Tensor | ImageFiles  # uint8, shape (N, C, H, W), contiguous, CPU
     labels: torch.Tensor  # int64, shape (N,)
 
     def __post_init__(self) -> None:
         img, lab = self.images, self.labels
+        if isinstance(img, ImageFiles):
+            if lab.dtype != torch.int64 or lab.shape != (len(img),):
+                raise ValueError(f"Split.labels must be int64 ({len(img)},)")
+            return
         if img.dtype != torch.uint8 or img.ndim != 4:
             raise ValueError(f"Split.images must be uint8 (N, C, H, W), got {img.dtype} "
                              f"{tuple(img.shape)}")
@@ -146,7 +206,7 @@ def with_fewer_samples(data: DataBundle, classes: Sequence[int], keep: float,
         idx = idx[torch.randperm(len(idx), generator=generator)]
         kept[idx[max(1, round(len(idx) * keep)):]] = False
     train = _subset(data.train, kept.nonzero().flatten())
-    mean, std = _channel_stats(train.images)
+    mean, std = _channel_stats(stats_sample(train))
     return replace(data, train=train, mean=mean, std=std)
 
 
@@ -247,7 +307,7 @@ def _build_bundle(name: str, train_full: Split, test: Split, class_names: list[s
     if len(val) == 0 or len(test) == 0:
         raise UserError(f"dataset {name}: too few images to cut validation and test sets "
                         f"({len(train_full)} training, {len(test)} test); add images per class")
-    mean, std = _channel_stats(train.images)
+    mean, std = _channel_stats(stats_sample(train))
     return DataBundle(name=name, train=train, val=val, test=test,
                       num_classes=len(class_names), in_chans=train.images.shape[1],
                       image_size=train.images.shape[-1], mean=mean, std=std,
@@ -271,7 +331,19 @@ def _check_consistent(name: str, train: Split, test: Split, class_names: list[st
 
 
 def _subset(split: Split, idx: torch.Tensor) -> Split:
+    if isinstance(split.images, ImageFiles):
+        return Split(split.images.subset(idx), split.labels[idx].contiguous())
     return Split(split.images[idx].contiguous(), split.labels[idx].contiguous())
+
+
+def stats_sample(split: Split) -> torch.Tensor:
+    """The images statistics are computed on: all of an in-memory split, else a seeded sample
+    of :data:`STATS_SAMPLE` images (decoding a large folder twice would cost minutes)."""
+    if not isinstance(split.images, ImageFiles):
+        return split.images
+    count = min(STATS_SAMPLE, len(split))
+    return split.images[torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
+                        [:count].sort().values]
 
 
 def _channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -517,24 +589,38 @@ def _text(value: Any) -> str:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-@register_dataset("folder", config_keys=("path", "image_size"))
+@register_dataset("folder", config_keys=("path", "image_size", "in_memory", "workers"))
 def _load_folder(config: dict) -> tuple[Split, Split, list[str]]:
-    """``path/train/<class>/*`` (+ optional ``path/test/<class>/*``) or ``path/<class>/*``."""
+    """``path/train/<class>/*`` (+ optional ``path/test/<class>/*``) or ``path/<class>/*``.
+
+    ``in_memory: auto`` (default) decodes everything up front when it fits in
+    :data:`IN_MEMORY_LIMIT`; otherwise ``workers`` DataLoader processes decode each batch.
+    """
     root = _folder_path(config)
     size = _int_key(config, "image_size", 32, minimum=1)
+    workers = _int_key(config, "workers", min(8, os.cpu_count() or 1), minimum=0)
+    in_memory = config.get("in_memory", "auto")
+    if in_memory != "auto" and not isinstance(in_memory, bool):
+        raise ConfigError(f"must be true, false or auto, got {in_memory!r}",
+                          key="data.in_memory")
     train_dir, test_dir = _folder_layout(root)
     train_files = _scan_classes(train_dir)
     class_names = sorted(train_files)
     if len(class_names) < 2:
         raise UserError(f"folder dataset {train_dir}: found {len(class_names)} class folder, "
                         "need at least 2")
-    train = _read_images(train_files, class_names, size)
-    if test_dir is None:
+    test_files = None if test_dir is None else _scan_classes(test_dir)
+    if test_files is not None:
+        _check_same_classes(class_names, sorted(test_files), train_dir, test_dir)
+    if in_memory == "auto":
+        count = sum(map(len, train_files.values())) + sum(map(len, (test_files or {}).values()))
+        in_memory = count * 3 * size * size <= IN_MEMORY_LIMIT
+    read = _read_images if in_memory else functools.partial(_image_files, workers=workers)
+    train = read(train_files, class_names, size)
+    if test_files is None:
         train, test = _fixed_test_cut(train)
         return train, test, class_names
-    test_files = _scan_classes(test_dir)
-    _check_same_classes(class_names, sorted(test_files), train_dir, test_dir)
-    return train, _read_images(test_files, class_names, size), class_names
+    return train, read(test_files, class_names, size), class_names
 
 
 def _folder_path(config: Mapping[str, Any]) -> Path:
@@ -596,6 +682,15 @@ def _read_images(files: dict[str, list[Path]], class_names: list[str], size: int
         arrays = list(pool.map(lambda p: _read_image(p, size), paths))
     return Split(torch.from_numpy(np.stack(arrays)).contiguous(),
                  torch.tensor(labels, dtype=torch.int64))
+
+
+def _image_files(files: dict[str, list[Path]], class_names: list[str], size: int, *,
+                 workers: int) -> Split:
+    """The folder as :class:`ImageFiles`: nothing decoded yet, the first image checked."""
+    paths = [p for name in class_names for p in files[name]]
+    labels = [i for i, name in enumerate(class_names) for _ in files[name]]
+    _read_image(paths[0], size)
+    return Split(ImageFiles(paths, size, workers), torch.tensor(labels, dtype=torch.int64))
 
 
 def _read_image(path: Path, size: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from automl.functional import resize
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
-from automl.trainer import autocast, normalise_batch, split_on_device
+from automl.trainer import autocast, device_batches, normalise_batch
 
 
 def _batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -39,13 +39,12 @@ def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tenso
 def calibration_batches(state, count: int) -> Iterator[torch.Tensor]:
     """``count`` training batches without augmentation, normalised as the trainer does and
     resized to the evaluation resolution; a fixed seeded sample, so every call sees the same."""
-    train = split_on_device(state.data.train, state)
+    train = state.data.train
     size = state.eval_image_size or state.image_size
     gen = torch.Generator().manual_seed(state.recipe.seed)
     order = torch.randperm(len(train.labels), generator=gen).to(state.device)
-    for start in range(0, min(count, len(order) // state.batch_size) * state.batch_size,
-                       state.batch_size):
-        images = train.images[order[start:start + state.batch_size]]
+    batches = order[:min(count, len(order) // state.batch_size) * state.batch_size]
+    for images, _ in device_batches(train, batches.split(state.batch_size), state):
         yield resize(normalise_batch(state, images), size)
 
 

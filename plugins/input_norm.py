@@ -5,7 +5,7 @@ import threading
 import torch
 from optuna.distributions import CategoricalDistribution
 
-from automl.data import Split
+from automl.data import Split, stats_sample
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
@@ -46,7 +46,7 @@ def cached_pixel_stats(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     so its id cannot be reused by another object)."""
     with _LOCK:
         if id(split) not in _PIXEL_STATS:
-            _PIXEL_STATS[id(split)] = (split, *pixel_stats(split.images))
+            _PIXEL_STATS[id(split)] = (split, *pixel_stats(stats_sample(split)))
         _, mean, std = _PIXEL_STATS[id(split)]
     return mean, std
 
