@@ -62,6 +62,12 @@ def _common_run_options(func):
     return func
 
 
+def _compile_option(func):
+    return click.option("--compile", is_flag=True,
+                        help="Train through torch.compile (slower start, faster steps on a "
+                             "GPU).")(func)
+
+
 def _data_options(func):
     func = click.option("--download", is_flag=True, default=None,
                         help="Allow downloading the dataset (torchvision sets only).")(func)
@@ -81,9 +87,14 @@ def _data_options(func):
 @click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes", "gp"]))
 @click.option("--pruner", type=click.Choice(["hyperband", "median", "sha", "none"]))
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Trials at once, each in its own worker process (per GPU with --gpus).")
+@click.option("--gpus", metavar="all|0,1,...",
+              help="Run --jobs workers on each of these GPUs (one study, shared storage).")
+@_compile_option
 @_data_options
 def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pruner, device,
-           data_dir, download):
+           jobs, gpus, compile, data_dir, download):
     """Search recipes over SPACE (a YAML file or a shipped space name; default: `default`).
 
     Running the same command again resumes the study until it holds --n-trials trials.
@@ -100,8 +111,8 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
     name = study_name or path.stem
     settings = SearchSettings.from_space(
         parsed, study_name=name, run_dir=out or Path("runs") / name, storage=storage,
-        device=device, n_trials=n_trials, timeout=timeout, seed=seed, sampler=sampler,
-        pruner=pruner)
+        device=device, jobs=jobs, gpus=gpus, compile=compile, n_trials=n_trials,
+        timeout=timeout, seed=seed, sampler=sampler, pruner=pruner)
     study = run_search(parsed, settings, ConsoleReporter(settings.metric))
     click.echo("\n" + trials_table(study, settings.metric))
     best = settings.run_dir / BEST_RECIPE
@@ -166,8 +177,9 @@ def export(study_name, out, storage, trial_number, output):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory (default: runs/train-RECIPE_STEM).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
+@_compile_option
 @_data_options
-def train(recipe, out, device, data_dir, download):
+def train(recipe, out, device, compile, data_dir, download):
     """Retrain RECIPE, evaluate the test split once, save weights and metrics."""
     from automl.discovery import technique_catalog
     from automl.recipe import load_recipe
@@ -181,7 +193,7 @@ def train(recipe, out, device, data_dir, download):
         click.echo(f"epoch {epoch:>3}/{epochs}  train/loss {metrics['train/loss']:.4f}  "
                    f"val/acc1 {metrics['val/acc1']:.4f}")
 
-    metrics = replay(parsed, out, device=device, progress=progress)
+    metrics = replay(parsed, out, device=device, progress=progress, compile=compile)
     click.echo(f"test/acc1 {metrics['test/acc1']:.4f}  test/balanced_acc "
                f"{metrics['test/balanced_acc']:.4f}  test/loss {metrics['test/loss']:.4f}")
     click.echo(f"saved {out / 'model.pt'}, {out / 'metrics.json'}, {out / 'recipe.yaml'}")

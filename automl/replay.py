@@ -18,11 +18,12 @@ __all__ = ["replay"]
 
 
 def replay(recipe: Recipe, out: Path, *, device: str | None = None,
-           progress: Callable[[int, int, dict], None] | None = None) -> dict[str, float]:
+           progress: Callable[[int, int, dict], None] | None = None,
+           compile: bool = False) -> dict[str, float]:
     """Train on the train split, then score val and (once) test; write model, metrics, recipe."""
     data = load_data(recipe.data)  # user errors surface before anything is written
     pm = training_manager(recipe)
-    state = prepare(recipe, data, pm, resolve_device(device))
+    state = prepare(recipe, data, pm, resolve_device(device), compile=compile)
     fit(state, pm, on_epoch=(lambda st, m: progress(st.epoch + 1, st.epochs, m))
         if progress else None)
     metrics = {**state.history[-1], **evaluate(state, pm, data.test, "test")}

@@ -24,11 +24,11 @@ from automl.recipe import Recipe
 from automl.space import SearchSpace
 from automl.state import TrainState
 from automl.storage import open_storage
-from automl.trainer import TrainingDiverged, resolve_device, train
+from automl.trainer import TrainingDiverged, release_memory, resolve_device, train
 from automl.yamlio import write_atomic
 
-__all__ = ["SearchSettings", "Reporter", "run_search", "make_sampler", "make_pruner",
-           "open_study", "trial_recipe", "FINISHED"]
+__all__ = ["SearchSettings", "Reporter", "run_search", "create_study", "run_trials",
+           "export_best", "make_sampler", "make_pruner", "open_study", "trial_recipe", "FINISHED"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 BEST_RECIPE = "best_recipe.yaml"
@@ -59,16 +59,21 @@ class SearchSettings:
     metric: str
     direction: str
     device: str | None = None
+    jobs: int = 1  # trials running at once (per GPU with ``gpus``), each in its own process
+    gpus: str | None = None  # "all" or "0,2": one set of ``jobs`` workers per listed GPU
+    compile: bool = False  # train through torch.compile
 
     @classmethod
     def from_space(cls, space: SearchSpace, *, study_name: str, run_dir: Path,
-                   storage: str | None = None, device: str | None = None,
+                   storage: str | None = None, device: str | None = None, jobs: int = 1,
+                   gpus: str | None = None, compile: bool = False,
                    **overrides) -> SearchSettings:
         study = {**space.study, **{k: v for k, v in overrides.items() if v is not None}}
         return cls(study_name=study_name, run_dir=run_dir, storage=storage,
                    n_trials=study["n_trials"], timeout=study["timeout"], seed=study["seed"],
                    sampler=study["sampler"], pruner=study["pruner"], metric=study["metric"],
-                   direction=study["direction"], device=device)
+                   direction=study["direction"], device=device, jobs=jobs, gpus=gpus,
+                   compile=compile)
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -107,11 +112,30 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
                data: DataBundle | None = None) -> optuna.Study:
-    """Run (or resume) the study until it holds ``n_trials`` finished trials or time runs out."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    catalog = technique_catalog()
+    """Run (or resume) the study until it holds ``n_trials`` finished trials or time runs out.
+
+    With ``settings.jobs`` > 1 or ``settings.gpus`` the trials run in worker processes on the
+    same storage (see :mod:`automl.workers`); otherwise in this process.
+    """
+    from automl.workers import run_workers, worker_devices
+
+    devices = worker_devices(settings.jobs, settings.gpus, settings.device)
     data = data if data is not None else load_data(space.data)  # user errors before any write
-    device = resolve_device(settings.device)
+    study = create_study(space, settings)
+    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    todo = max(settings.n_trials - done, 0)
+    reporter.search_start(study, settings, todo)
+    if todo and len(devices) > 1:
+        run_workers(space, settings, devices, todo)
+    elif todo:
+        run_trials(study, space, settings, reporter, data, todo, devices[0])
+    export_best(study, settings.run_dir)
+    return study
+
+
+def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
+    """Open the study (creating it with the baseline trial queued), refusing another objective."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=settings.study_name, storage=open_storage(settings.storage, settings.run_dir),
@@ -124,9 +148,15 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
         study.set_user_attr("space", space.source)
         study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True},
                             skip_if_exists=True)
-    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-    todo = max(settings.n_trials - done, 0)
-    reporter.search_start(study, settings, todo)
+    return study
+
+
+def run_trials(study: optuna.Study, space: SearchSpace, settings: SearchSettings,
+               reporter: Reporter, data: DataBundle, n_trials: int,
+               device_name: str | None) -> None:
+    """Sample, train and record ``n_trials`` trials in this process, one after another."""
+    catalog = technique_catalog()
+    device = resolve_device(device_name)
 
     def objective(trial: optuna.Trial) -> float:
         recipe = space.sample(trial)
@@ -145,26 +175,36 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
 
         started = time.perf_counter()
         try:
-            state = train(recipe, data, pm, device=device, on_epoch=on_epoch)
+            history = train(recipe, data, pm, device=device, on_epoch=on_epoch,
+                            compile=settings.compile).history
         except TrainingDiverged as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
-        final = state.history[-1]
+        final = history[-1]
         trial.set_user_attr("metrics", final)
-        trial.set_user_attr("epochs_run", len(state.history))
+        trial.set_user_attr("epochs_run", len(history))
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
         return final[settings.metric]
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        release_memory(device)  # the trial's model, optimizer and activations are gone now
         new_best = trial.state == TrialState.COMPLETE and study.best_trial.number == trial.number
         if new_best:
-            write_atomic(settings.run_dir / BEST_RECIPE, trial_recipe(trial).to_yaml())
+            export_best(study, settings.run_dir)
         reporter.trial_end(study, trial, new_best)
 
-    if todo:
-        study.optimize(objective, n_trials=todo, timeout=settings.timeout,
-                       callbacks=[after_trial], gc_after_trial=True)
-    return study
+    study.optimize(objective, n_trials=n_trials, timeout=settings.timeout,
+                   callbacks=[after_trial], gc_after_trial=True)
+
+
+def export_best(study: optuna.Study, run_dir: Path) -> None:
+    """Write the study's best recipe to ``run_dir/best_recipe.yaml`` (atomically): after every
+    new best, and once more at the end, when workers may have finished out of order."""
+    try:
+        best = study.best_trial
+    except ValueError:  # no completed trial yet
+        return
+    write_atomic(run_dir / BEST_RECIPE, trial_recipe(best).to_yaml())
 
 
 def _check_same_objective(study: optuna.Study, settings: SearchSettings) -> None:

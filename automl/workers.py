@@ -1,0 +1,99 @@
+"""Several trials at once: worker processes sharing one study through its storage.
+
+``--jobs N`` runs N workers on the search device (small models leave a GPU mostly idle, so a
+few trials side by side use it better); ``--gpus all`` (or ``0,2``) runs ``jobs`` workers on
+every listed GPU. Workers are processes, not threads: each has its own CUDA context, RNG and
+interpreter, so a trial never waits on another's Python. The remaining trials are split
+between them up front, so the study ends with exactly ``n_trials`` trials. Worker k seeds its
+sampler with ``seed + k`` (the same seed everywhere would draw the same first trials), so a
+parallel search is not reproducible trial for trial; a sequential one is.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+
+from automl.errors import UserError
+
+if TYPE_CHECKING:
+    from automl.search import SearchSettings
+    from automl.space import SearchSpace
+
+__all__ = ["worker_devices", "trial_shares", "run_workers"]
+
+
+def worker_devices(jobs: int, gpus: str | None, device: str | None) -> list[str | None]:
+    """The device of every worker: ``jobs`` per listed GPU, or ``jobs`` on ``device``."""
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    if gpus is None:
+        return [device] * jobs
+    if device:
+        raise UserError("--gpus and --device both given; --gpus already picks the devices")
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise UserError("--gpus: no CUDA device is visible on this machine")
+    if gpus == "all":
+        ids = list(range(count))
+    else:
+        try:
+            ids = [int(part) for part in gpus.split(",")]
+        except ValueError:
+            raise UserError(f"--gpus: expected 'all' or GPU numbers like 0,1; got {gpus!r}"
+                            ) from None
+        wrong = [i for i in ids if not 0 <= i < count]
+        if wrong or len(set(ids)) != len(ids):
+            raise UserError(f"--gpus {gpus}: this machine has GPUs 0..{count - 1}, each listed "
+                            "at most once")
+    return [f"cuda:{i}" for i in ids for _ in range(jobs)]
+
+
+def trial_shares(todo: int, workers: int) -> list[int]:
+    """``todo`` trials split as evenly as possible; workers with no share are not started."""
+    shares = [todo // workers + (k < todo % workers) for k in range(workers)]
+    return [share for share in shares if share]
+
+
+def run_workers(space: SearchSpace, settings: SearchSettings, devices: list[str | None],
+                todo: int) -> None:
+    """Run ``todo`` trials of the (already created) study in one process per device entry."""
+    shares = trial_shares(todo, len(devices))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // len(shares))
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    processes = [
+        context.Process(target=_worker, name=f"automl-worker-{k}",
+                        args=(space, replace(settings, jobs=1, gpus=None, device=device,
+                                             seed=settings.seed + k),
+                              share, threads))
+        for k, (device, share) in enumerate(zip(devices, shares, strict=False))]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join()
+    finally:
+        for process in processes:  # on Ctrl-C the workers got the signal too; wait for them
+            process.join()
+    failed = [p.name for p in processes if p.exitcode != 0]
+    if failed:
+        raise UserError(f"search worker(s) {', '.join(failed)} stopped with an error (see "
+                        "above); finished trials are kept, run the command again to resume")
+
+
+def _worker(space: SearchSpace, settings: SearchSettings, n_trials: int, threads: int) -> None:
+    """One worker process: its own data, study handle and console lines."""
+    from automl.data import load_data
+    from automl.report import ConsoleReporter
+    from automl.search import create_study, run_trials
+
+    torch.set_num_threads(threads)  # the workers share the machine's cores
+    study = create_study(space, settings)
+    reporter = ConsoleReporter(settings.metric, live=False)
+    run_trials(study, space, settings, reporter, load_data(space.data), n_trials,
+               settings.device)

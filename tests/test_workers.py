@@ -1,0 +1,143 @@
+"""Using the whole machine: worker processes on one study, and trials that leave nothing behind."""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from optuna.trial import TrialState
+
+import automl.search as search_module
+from automl.discovery import technique_catalog, training_manager
+from automl.errors import UserError
+from automl.hookspecs import hookimpl
+from automl.recipe import load_recipe
+from automl.search import BEST_RECIPE, SearchSettings, run_search
+from automl.space import load_space
+from automl.workers import trial_shares, worker_devices
+
+SPACE = """\
+model: automl_resnet8
+data: {dataset: digits, batch_size: 64}
+epochs: 1
+techniques:
+  optimizer: {}
+  lr_schedule: {}
+  flip: {}
+  label_smoothing: {}
+study: {sampler: tpe, pruner: none, n_trials: 4}
+"""
+
+
+class SilentReporter:
+    def __init__(self):
+        self.ended = []
+
+    def search_start(self, study, settings, todo): ...
+    def trial_start(self, trial, recipe): ...
+    def epoch(self, trial, epoch, epochs, metrics): ...
+
+    def trial_end(self, study, trial, new_best):
+        self.ended.append(trial)
+
+
+def _space(tmp_path: Path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SPACE)
+    return load_space(path, technique_catalog())
+
+
+def _settings(space, tmp_path: Path, **extra) -> SearchSettings:
+    return SearchSettings.from_space(space, study_name="tiny", run_dir=tmp_path / "run",
+                                     device="cpu", **extra)
+
+
+def test_jobs_split_the_trials_between_processes_on_one_study(tmp_path):
+    space = _space(tmp_path)
+    study = run_search(space, _settings(space, tmp_path, jobs=2), SilentReporter())
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == 4, "two workers drew the same trials"
+    best = load_recipe(tmp_path / "run" / BEST_RECIPE, technique_catalog())
+    assert best.to_dict() == study.best_trial.user_attrs["recipe"]
+
+
+def test_each_trial_releases_its_model_before_the_next_starts(tmp_path, monkeypatch):
+    """Completed and pruned (diverged) trials alike: no model outlives its trial."""
+    models: list[weakref.ref] = []
+
+    class Recorder:
+        def __init__(self, diverge: bool):
+            self.diverge = diverge
+
+        @hookimpl
+        def on_train_start(self, state):
+            models.append(weakref.ref(state.model))
+
+        @hookimpl
+        def after_loss(self, state):
+            if self.diverge:
+                state.loss = state.loss * float("nan")
+
+    def manager(recipe, catalog=None):
+        return training_manager(recipe, catalog, extra_plugins=[Recorder(len(models) % 2 == 1)])
+
+    monkeypatch.setattr(search_module, "training_manager", manager)
+    alive_at_trial_end = []
+
+    class Checking(SilentReporter):
+        def trial_end(self, study, trial, new_best):
+            super().trial_end(study, trial, new_best)
+            alive_at_trial_end.append(sum(ref() is not None for ref in models))
+
+    space = _space(tmp_path)
+    reporter = Checking()
+    run_search(space, _settings(space, tmp_path), reporter)
+    states = [t.state for t in reporter.ended]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED] * 2
+    assert reporter.ended[1].user_attrs["fail_reason"] == "training loss is nan in epoch 1"
+    assert len(models) == 4
+    assert alive_at_trial_end == [0, 0, 0, 0]
+
+
+def test_worker_devices_on_the_search_device():
+    assert worker_devices(3, None, "cpu") == ["cpu"] * 3
+    assert worker_devices(1, None, None) == [None]
+
+
+def test_gpus_need_a_visible_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # the real one, on any machine
+    with pytest.raises(UserError, match="no CUDA device"):
+        worker_devices(1, "all", None)
+
+
+@pytest.mark.parametrize(("gpus", "jobs", "expected"), [
+    ("all", 1, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]),
+    ("0,2", 2, ["cuda:0", "cuda:0", "cuda:2", "cuda:2"]),
+    ("3", 1, ["cuda:3"]),
+])
+def test_gpus_place_jobs_workers_on_each_listed_gpu(monkeypatch, gpus, jobs, expected):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # no GPU on the CI machine
+    assert worker_devices(jobs, gpus, None) == expected
+
+
+@pytest.mark.parametrize(("gpus", "device", "message"), [
+    ("4", None, "GPUs 0..3"),
+    ("0,0", None, "at most once"),
+    ("first", None, "expected 'all'"),
+    ("all", "cuda:1", "--device both given"),
+])
+def test_bad_gpu_lists_are_refused(monkeypatch, gpus, device, message):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(UserError, match=message):
+        worker_devices(1, gpus, device)
+
+
+@pytest.mark.parametrize(("todo", "workers", "shares"), [
+    (10, 4, [3, 3, 2, 2]), (2, 4, [1, 1]), (8, 2, [4, 4]), (0, 3, []),
+])
+def test_trial_shares_add_up_and_differ_by_at_most_one(todo, workers, shares):
+    assert trial_shares(todo, workers) == shares
