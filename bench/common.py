@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -25,3 +27,17 @@ def report(name: str, result: dict) -> None:
     slug = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
     (RESULTS / f"{name}-{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(line)
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (interpreter start-up and imports included), from
+    /proc on Linux; elsewhere since this module was imported."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+            return float(uptime.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
