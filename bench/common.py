@@ -21,10 +21,12 @@ def device_name(device: torch.device) -> str:
 
 
 def report(name: str, result: dict) -> None:
-    """Print the JSON line and save it as bench/results/NAME-<device>.json."""
+    """Print the JSON line and save it as bench/results/NAME-<device>.json (NAME-quick-… for a
+    ``"quick": true`` run, so a smoke run never replaces a full one)."""
     line = json.dumps(result)
     RESULTS.mkdir(exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
+    name = f"{name}-quick" if result.get("quick") else name
     (RESULTS / f"{name}-{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(line)
 

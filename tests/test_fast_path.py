@@ -1,4 +1,5 @@
-"""Folders too large for memory: decoded by DataLoader workers, trained exactly like in memory."""
+"""The fast path: no host sync per batch, torch.compile, and folders too large for memory
+(decoded by DataLoader workers, trained exactly like in memory)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,48 @@ from automl.data import ImageFiles, load_data
 from automl.discovery import training_manager
 from automl.errors import ConfigError
 from automl.recipe import Recipe
-from automl.trainer import train
+from automl.trainer import fit, prepare, train
+
+BATCHED = {"optimizer": {}, "lr_schedule": {}, "flip": {}, "random_crop": {},
+           "random_erasing": {}, "mixup": {}, "cutmix": {}, "label_smoothing": {},
+           "grad_clip": {}, "ema": {}, "weight_decay": {}}
+
+
+def _recipe(techniques: dict, **data) -> Recipe:
+    return Recipe(model="automl_resnet8", data={"dataset": "digits", "batch_size": 32, **data},
+                  epochs=1, seed=0, techniques={k: dict(v) for k, v in techniques.items()})
+
+
+@pytest.mark.parametrize("method", ["item", "tolist", "__bool__", "__float__", "cpu"])
+def test_the_training_loop_never_waits_for_the_device_per_batch(data, monkeypatch, method):
+    """Host syncs counted over 2 and over 8 steps of one epoch: the same count, so none of
+    them is per batch (the per-epoch loss and validation syncs are all there is)."""
+    counts = []
+    for steps in (2, 8):
+        recipe = _recipe(BATCHED)
+        pm = training_manager(recipe)
+        state = prepare(recipe, data, pm, torch.device("cpu"))
+        calls = []
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _original=original, **kwargs):
+            calls.append(1)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+        fit(state, pm, max_steps=steps)
+        monkeypatch.undo()
+        counts.append(len(calls))
+    assert counts[0] == counts[1]
+
+
+def test_compile_trains_through_a_compiled_wrapper_of_the_same_model(data):
+    recipe = _recipe({"optimizer": {}})
+    state = prepare(recipe, data, training_manager(recipe), torch.device("cpu"), compile=True)
+    assert isinstance(state.train_model, torch._dynamo.eval_frame.OptimizedModule)
+    assert state.train_model._orig_mod is state.model
+    plain = prepare(recipe, data, training_manager(recipe), torch.device("cpu"))
+    assert plain.train_model is plain.model
 
 
 @pytest.fixture(autouse=True)
