@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -158,13 +159,17 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: SearchSettings
     catalog = technique_catalog()
     device = resolve_device(device_name)
 
+    trial_model: list[weakref.ref] = []  # the running trial's model, to check it was freed
+
     def objective(trial: optuna.Trial) -> float:
+        trial_model.clear()
         recipe = space.sample(trial)
         trial.set_user_attr("recipe", recipe.to_dict())
         reporter.trial_start(trial, recipe)
         pm = training_manager(recipe, catalog)
 
         def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
+            trial_model[:] = [weakref.ref(state.model)]
             epoch = state.epoch + 1
             trial.report(metrics[settings.metric], epoch)
             reporter.epoch(trial, epoch, state.epochs, metrics)
@@ -187,14 +192,14 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: SearchSettings
         return final[settings.metric]
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        release_memory(device)  # the trial's model, optimizer and activations are gone now
+        release_memory(device, trial_model[0] if trial_model else None)
         new_best = trial.state == TrialState.COMPLETE and study.best_trial.number == trial.number
         if new_best:
             export_best(study, settings.run_dir)
         reporter.trial_end(study, trial, new_best)
 
     study.optimize(objective, n_trials=n_trials, timeout=settings.timeout,
-                   callbacks=[after_trial], gc_after_trial=True)
+                   callbacks=[after_trial])
 
 
 def export_best(study: optuna.Study, run_dir: Path) -> None:
