@@ -2,36 +2,29 @@ from __future__ import annotations
 
 import torch
 from optuna.distributions import CategoricalDistribution, IntDistribution
-from torchvision.transforms import v2
 
+from automl import augment
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
 #: AutoAugment's learned policies, one per dataset it was searched on.
-AUTOAUGMENT_POLICIES = {
-    "autoaugment_imagenet": v2.AutoAugmentPolicy.IMAGENET,
-    "autoaugment_cifar10": v2.AutoAugmentPolicy.CIFAR10,
-    "autoaugment_svhn": v2.AutoAugmentPolicy.SVHN,
-}
+AUTOAUGMENT_POLICIES = {f"autoaugment_{name}": name for name in augment.AUTOAUGMENT_POLICIES}
 
 
-def make_policy(policy: str, magnitude: int, num_ops: int) -> v2.Transform:
-    """torchvision's implementation of the named automatic augmentation policy.
+def apply_policy(images: torch.Tensor, policy: str, magnitude: int, num_ops: int,
+                 generator: torch.Generator) -> torch.Tensor:
+    """The named automatic augmentation policy on a uint8 batch, every sample drawing its own
+    ops from ``generator``.
 
     ``magnitude`` and ``num_ops`` apply to RandAugment only; the others draw their own.
     """
     if policy == "trivialaugment":
-        return v2.TrivialAugmentWide()
+        return augment.trivial_augment(images, generator)
     if policy == "randaugment":
-        return v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+        return augment.rand_augment(images, num_ops, magnitude, generator)
     if policy in AUTOAUGMENT_POLICIES:
-        return v2.AutoAugment(AUTOAUGMENT_POLICIES[policy])
+        return augment.auto_augment(images, AUTOAUGMENT_POLICIES[policy], generator)
     raise ValueError(f"unknown augmentation policy {policy!r}")
-
-
-def apply_per_sample(transform: v2.Transform, images: torch.Tensor) -> torch.Tensor:
-    """Apply ``transform`` to each image separately, so every sample draws its own ops."""
-    return torch.stack([transform(image) for image in images])
 
 
 class AugmentPolicy(Technique):
@@ -56,11 +49,8 @@ class AugmentPolicy(Technique):
     defaults = {"policy": "trivialaugment", "magnitude": 9, "num_ops": 2}
     limits = {"magnitude": (0, 30), "num_ops": (1, 10)}
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        self.transform = make_policy(self.params["policy"], self.params["magnitude"],
-                                     self.params["num_ops"])
-
     @hookimpl
     def augment_batch(self, state):
-        state.images = apply_per_sample(self.transform, state.images)
+        state.images = apply_policy(state.images, self.params["policy"],
+                                    self.params["magnitude"], self.params["num_ops"],
+                                    state.generator)

@@ -1,12 +1,10 @@
 from __future__ import annotations
 
 from optuna.distributions import IntDistribution
-from torchvision.transforms import v2
 
+from automl.augment import augmix
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
-
-from .augment_policy import apply_per_sample
 
 
 class AugMix(Technique):
@@ -27,11 +25,7 @@ class AugMix(Technique):
     defaults = {"severity": 3, "mixture_width": 3}
     limits = {"severity": (1, 10), "mixture_width": (1, 16)}
 
-    def __init__(self, **params):
-        super().__init__(**params)
-        self.transform = v2.AugMix(severity=self.params["severity"],
-                                   mixture_width=self.params["mixture_width"])
-
     @hookimpl
     def augment_batch(self, state):
-        state.images = apply_per_sample(self.transform, state.images)
+        state.images = augmix(state.images, self.params["severity"],
+                              self.params["mixture_width"], state.generator)

@@ -10,8 +10,7 @@ import math
 
 import pytest
 import torch
-from automl.plugins.augment_policy import AugmentPolicy, apply_per_sample, make_policy
-from automl.plugins.augmix import AugMix
+from automl.plugins.augment_policy import AugmentPolicy, apply_policy
 from automl.plugins.input_norm import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -22,12 +21,12 @@ from automl.plugins.l1_penalty import l1_norm
 from automl.plugins.random_erasing import AREA_MIN, random_erase
 from automl.plugins.repeated_augmentation import repeated_order
 from torch import nn
-from torchvision.transforms import v2
 
+from automl import augment
 from automl.discovery import training_manager
 from automl.hookspecs import hookimpl
 from automl.recipe import Recipe
-from automl.trainer import evaluate, prepare, train
+from automl.trainer import evaluate, normalise_batch, prepare, train
 
 CPU = torch.device("cpu")
 DATA_CONFIG = {"dataset": "digits", "batch_size": 32}
@@ -53,46 +52,71 @@ def _distinct(images: torch.Tensor) -> int:
 # --- augment_policy and augmix ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("choice", "policy"), [
-    ("autoaugment_imagenet", v2.AutoAugmentPolicy.IMAGENET),
-    ("autoaugment_cifar10", v2.AutoAugmentPolicy.CIFAR10),
-    ("autoaugment_svhn", v2.AutoAugmentPolicy.SVHN),
-])
-def test_each_autoaugment_choice_builds_its_learned_policy(choice, policy):
-    transform = AugmentPolicy(policy=choice).transform
-    assert isinstance(transform, v2.AutoAugment)
-    assert transform.policy == policy
+class _AugmentInput:
+    """Records the first batch the augment hooks receive and the generator's state then."""
+
+    def __init__(self):
+        self.images, self.rng = None, None
+
+    @hookimpl(tryfirst=True)
+    def augment_batch(self, state):
+        if self.images is None:
+            self.images, self.rng = state.images.clone(), state.generator.get_state()
 
 
-@pytest.mark.parametrize("num_ops", [1, 2, 3])
-def test_randaugment_uses_num_ops_and_magnitude(num_ops):
-    transform = AugmentPolicy(policy="randaugment", magnitude=7, num_ops=num_ops).transform
-    assert isinstance(transform, v2.RandAugment)
-    assert (transform.num_ops, transform.magnitude) == (num_ops, 7)
+class _ModelInput:
+    """Records the first batch the model receives (augmented, normalised)."""
+
+    def __init__(self):
+        self.images = None
+
+    @hookimpl(trylast=True)
+    def on_batch(self, state):
+        if self.images is None:
+            self.images = state.images.clone()
 
 
-def test_trivialaugment_is_the_default_and_unknown_policies_fail():
-    assert isinstance(AugmentPolicy().transform, v2.TrivialAugmentWide)
-    assert AugmentPolicy().params["num_ops"] == 2
+@pytest.mark.parametrize(("name", "params", "policy"), [
+    ("augment_policy", {"policy": "trivialaugment"}, augment.trivial_augment),
+    ("augment_policy", {"policy": "randaugment", "magnitude": 7, "num_ops": 3},
+     lambda x, g: augment.rand_augment(x, 3, 7, g)),
+    ("augment_policy", {"policy": "autoaugment_imagenet"},
+     lambda x, g: augment.auto_augment(x, "imagenet", g)),
+    ("augment_policy", {"policy": "autoaugment_cifar10"},
+     lambda x, g: augment.auto_augment(x, "cifar10", g)),
+    ("augment_policy", {"policy": "autoaugment_svhn"},
+     lambda x, g: augment.auto_augment(x, "svhn", g)),
+    ("augmix", {"severity": 5, "mixture_width": 2}, lambda x, g: augment.augmix(x, 5, 2, g)),
+], ids=["trivialaugment", "randaugment", "autoaugment_imagenet", "autoaugment_cifar10",
+        "autoaugment_svhn", "augmix"])
+def test_policy_hooks_apply_their_batched_policy_with_the_training_generator(
+        data, name, params, policy):
+    recipe = _recipe({name: params})
+    seen, fed = _AugmentInput(), _ModelInput()
+    state = train(recipe, data, training_manager(recipe, extra_plugins=[seen, fed]),
+                  device=CPU, max_steps=1)
+    generator = torch.Generator()
+    generator.set_state(seen.rng)
+    expected = normalise_batch(state, policy(seen.images, generator))
+    assert torch.equal(fed.images, expected)
+    assert not torch.equal(fed.images, normalise_batch(state, seen.images)), "nothing changed"
+
+
+def test_trivialaugment_is_the_default_and_unknown_policies_fail(data):
+    assert AugmentPolicy().params == {"policy": "trivialaugment", "magnitude": 9, "num_ops": 2}
     with pytest.raises(ValueError, match="unknown augmentation policy"):
-        make_policy("autoaugment", 9, 2)
+        apply_policy(data.train.images[:4], "autoaugment", 9, 2, _gen())
 
 
-def test_augmix_passes_its_parameters():
-    transform = AugMix(severity=5, mixture_width=2).transform
-    assert isinstance(transform, v2.AugMix)
-    assert (transform.severity, transform.mixture_width) == (5, 2)
-
-
-@pytest.mark.parametrize("technique", [
-    *(AugmentPolicy(policy=p) for p in AugmentPolicy.space["policy"].choices),
-    AugMix(),
-], ids=lambda t: t.params.get("policy", t.name))
-def test_policies_augment_each_sample_on_its_own(data, technique):
+@pytest.mark.parametrize("augment_fn", [
+    *(lambda x, g, p=p: apply_policy(x, p, 9, 2, g)
+      for p in AugmentPolicy.space["policy"].choices),
+    lambda x, g: augment.augmix(x, 3, 3, g),
+], ids=[*AugmentPolicy.space["policy"].choices, "augmix"])
+def test_policies_augment_each_sample_on_its_own(data, augment_fn):
     image = data.train.images[0]
     images = image.expand(16, *image.shape).clone()  # one image, sixteen times
-    torch.manual_seed(0)
-    out = apply_per_sample(technique.transform, images)
+    out = augment_fn(images, _gen())
     assert out.shape == images.shape and out.dtype == torch.uint8
     assert _distinct(out) > 1, "identical inputs came out identical: one draw per batch"
     assert any(not torch.equal(o, image) for o in out), "nothing was augmented"

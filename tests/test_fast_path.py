@@ -39,8 +39,8 @@ def test_the_training_loop_never_waits_for_the_device_per_batch(data, monkeypatc
         calls = []
         original = getattr(torch.Tensor, method)
 
-        def counting(self, *args, _original=original, **kwargs):
-            calls.append(1)
+        def counting(self, *args, _original=original, _calls=calls, **kwargs):
+            _calls.append(1)
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, method, counting)
