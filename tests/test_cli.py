@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -429,6 +430,8 @@ def test_sqlite_storage_round_trip(space_dir):
     result = invoke("search", "tiny.yaml", "--out", "RUN", "--storage", url, "--n-trials", "2")
     assert result.exit_code == 0, result.output
     assert (space_dir / "x.db").is_file()
+    with sqlite3.connect(space_dir / "x.db") as db:  # no fsync per commit: write-ahead log
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert not (space_dir / "RUN" / "study.journal").exists()
     assert (space_dir / "RUN" / "best_recipe.yaml").is_file()
 
