@@ -506,3 +506,22 @@ def test_resume_with_another_metric_is_refused(searched, tmp_path, monkeypatch):
     assert "val/acc1" in error_line(result)
     assert len(load_study(tmp_path / "RUN").trials) == 4
     assert (tmp_path / "RUN" / "best_recipe.yaml").read_text() == best_before
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--gpus", "all", "--device", "cuda:0"], "--gpus and --device both given"),
+    (["--gpus", "zero"], "--gpus"),
+])
+def test_bad_worker_options_are_refused_before_any_write(space_dir, monkeypatch, options,
+                                                          message):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # as on a 2-GPU machine
+    result = invoke("search", "tiny.yaml", "--out", "RUN", *options)
+    assert result.exit_code == 2
+    assert message in error_line(result)
+    assert not (space_dir / "RUN").exists()
+
+
+def test_search_help_documents_the_parallel_and_compile_options():
+    text = invoke("search", "--help").output
+    for option in ("--jobs", "--gpus", "--compile"):
+        assert option in text
