@@ -55,6 +55,8 @@ class ConsoleReporter:
         epochs = trial.user_attrs.get("epochs_run", len(trial.intermediate_values))
         base = " (baseline)" if trial.user_attrs.get("baseline") else ""
         mark = "  * new best" if new_best else ""
+        if trial.state != TrialState.COMPLETE and trial.user_attrs.get("fail_reason"):
+            mark += f"  ({trial.user_attrs['fail_reason']})"
         seconds = time.perf_counter() - getattr(self, "_trial_started", self.started)
         click.echo(f"trial {trial.number:>3}  {state:<6}  epochs {epochs:>3}  "
                    f"{self.metric} {value}  {self._best_text(study)}  "

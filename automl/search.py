@@ -8,6 +8,8 @@ improves, so an interrupted search loses nothing.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 import warnings
 import weakref
@@ -21,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from automl.data import DataBundle, load_data
 from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
+from automl.failures import TrialFailed, failure_reason
 from automl.recipe import Recipe
 from automl.space import SearchSpace
 from automl.state import TrainState
@@ -32,6 +35,17 @@ __all__ = ["SearchSettings", "Reporter", "run_search", "create_study", "run_tria
            "export_best", "make_sampler", "make_pruner", "open_study", "trial_recipe", "FINISHED"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def _not_a_reported_failure(record: logging.LogRecord) -> bool:
+    """Optuna's own two warnings (one with a traceback) for a trial that raised: the search
+    reports the failure itself, in one line with its reason."""
+    if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
+        return False
+    return not record.getMessage().endswith(" failed with value None.")
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_not_a_reported_failure)
 BEST_RECIPE = "best_recipe.yaml"
 
 
@@ -166,7 +180,7 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: SearchSettings
         recipe = space.sample(trial)
         trial.set_user_attr("recipe", recipe.to_dict())
         reporter.trial_start(trial, recipe)
-        pm = training_manager(recipe, catalog)
+        pm = None
 
         def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
             trial_model[:] = [weakref.ref(state.model)]
@@ -179,16 +193,29 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: SearchSettings
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
         started = time.perf_counter()
+        failure = None
         try:
+            pm = training_manager(recipe, catalog)
             history = train(recipe, data, pm, device=device, on_epoch=on_epoch,
                             compile=settings.compile).history
+        except optuna.TrialPruned:
+            raise
         except TrainingDiverged as exc:
             trial.set_user_attr("fail_reason", str(exc))
             raise optuna.TrialPruned(str(exc)) from None
+        except Exception as exc:  # the trial fails, the search goes on
+            failure = failure_reason(exc, pm)
+        if failure is not None:  # raised here, not inside `except`: no traceback keeps the
+            trial.set_user_attr("fail_reason", failure)  # trial's tensors alive
+            raise TrialFailed(failure)
         final = history[-1]
         trial.set_user_attr("metrics", final)
         trial.set_user_attr("epochs_run", len(history))
         trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+        if not math.isfinite(final[settings.metric]):  # never a best trial
+            reason = f"{settings.metric} is {final[settings.metric]}"
+            trial.set_user_attr("fail_reason", reason)
+            raise optuna.TrialPruned(reason)
         return final[settings.metric]
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -199,7 +226,7 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: SearchSettings
         reporter.trial_end(study, trial, new_best)
 
     study.optimize(objective, n_trials=n_trials, timeout=settings.timeout,
-                   callbacks=[after_trial])
+                   callbacks=[after_trial], catch=(TrialFailed,))
 
 
 def export_best(study: optuna.Study, run_dir: Path) -> None:

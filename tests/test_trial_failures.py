@@ -1,0 +1,97 @@
+"""A trial that raises fails alone: its reason is recorded and printed, the search goes on."""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState
+
+import automl.search as search_module
+from automl.discovery import technique_catalog
+from automl.hookspecs import hookimpl
+from automl.report import ConsoleReporter
+from automl.search import SearchSettings, run_search
+from automl.space import load_space
+from automl.technique import Technique
+
+MODELS: list[weakref.ref] = []
+
+
+class Exploding(Technique):
+    """Raises from a training hook: a plugin with a bug, or a GPU out of memory.
+
+    Helps: testing. Suggested: never. Source: this test.
+    """
+
+    name = "exploding"
+    space = {"error": CategoricalDistribution(["value", "oom"])}
+    defaults = {"error": "value"}
+
+    @hookimpl
+    def on_train_start(self, state):
+        MODELS.append(weakref.ref(state.model))
+
+    @hookimpl
+    def after_backward(self, state):
+        if self.params["error"] == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise ValueError("the plugin has a bug")
+
+
+SPACE = """\
+model: automl_resnet8
+data: {dataset: digits, batch_size: 64}
+epochs: 1
+techniques:
+  optimizer: {name: sgd, lr: 0.05}
+  exploding: {}
+study: {sampler: random, pruner: none, n_trials: 8, seed: 0}
+"""
+
+
+@pytest.fixture
+def catalog(monkeypatch):
+    catalog = {**technique_catalog(), "exploding": Exploding}
+    monkeypatch.setattr(search_module, "technique_catalog", lambda: catalog)
+    MODELS.clear()
+    return catalog
+
+
+def test_failing_trials_name_plugin_and_hook_and_the_search_goes_on(tmp_path: Path, catalog,
+                                                                    capsys):
+    path = tmp_path / "exploding.yaml"
+    path.write_text(SPACE)
+    space = load_space(path, catalog)
+    settings = SearchSettings.from_space(space, study_name="x", run_dir=tmp_path / "run",
+                                         device="cpu")
+    alive = []
+
+    class Reporter(ConsoleReporter):
+        def trial_end(self, study, trial, new_best):
+            alive.append(sum(ref() is not None for ref in MODELS))
+            super().trial_end(study, trial, new_best)
+
+    study = run_search(space, settings, Reporter("val/acc1", live=False))
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 8
+    reasons = {"value": "plugin exploding, hook after_backward: ValueError: the plugin has a bug",
+               "oom": "oom"}
+    for trial in trials:
+        params = trial.user_attrs["recipe"]["techniques"].get("exploding")
+        if params is None:
+            assert trial.state == TrialState.COMPLETE
+        else:
+            assert trial.state == TrialState.FAIL
+            assert trial.user_attrs["fail_reason"] == reasons[params["error"]]
+    failed = [t.user_attrs["recipe"]["techniques"]["exploding"]["error"] for t in trials
+              if t.state == TrialState.FAIL]
+    assert set(failed) == {"value", "oom"}, "the seed should draw both errors"
+    assert any(t.state == TrialState.COMPLETE for t in trials[1:]), "the search went on"
+    assert alive == [0] * 8, "a failed trial's model outlived it"
+    out = capsys.readouterr()
+    assert "failed" in out.out and "(plugin exploding, hook after_backward: ValueError" in out.out
+    assert "Traceback" not in out.err
