@@ -157,10 +157,11 @@ def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
         sampler=make_sampler(settings.sampler, settings.seed),
         pruner=make_pruner(settings.pruner, space.max_epochs()), direction=settings.direction,
         load_if_exists=True)
-    _check_same_objective(study, settings)
+    _check_same_study(study, space, settings)
     if not study.trials:
         study.set_user_attr("metric", settings.metric)
         study.set_user_attr("space", space.source)
+        study.set_user_attr("space_definition", space.definition())
         study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True},
                             skip_if_exists=True)
     return study
@@ -239,14 +240,30 @@ def export_best(study: optuna.Study, run_dir: Path) -> None:
     write_atomic(run_dir / BEST_RECIPE, trial_recipe(best).to_yaml())
 
 
-def _check_same_objective(study: optuna.Study, settings: SearchSettings) -> None:
-    """Refuse to resume a study under another metric or direction (results would mix)."""
+def _check_same_study(study: optuna.Study, space: SearchSpace,
+                      settings: SearchSettings) -> None:
+    """Refuse to resume a study under another metric, direction or space (results would mix,
+    and the sampler would learn from trials of another problem); name what differs."""
     stored_metric = study.user_attrs.get("metric", settings.metric)
     stored_direction = study.direction.name.lower()
+    hint = "use another --study-name or --out"
     if (stored_metric, stored_direction) != (settings.metric, settings.direction):
         raise UserError(
             f"study '{settings.study_name}' optimises {stored_metric} ({stored_direction}), "
-            f"not {settings.metric} ({settings.direction}); use another --study-name or --out")
+            f"not {settings.metric} ({settings.direction}); {hint}")
+    stored = study.user_attrs.get("space_definition")
+    if stored is None:
+        return
+    current = space.definition()
+    for key in sorted(stored.keys() | current.keys()):
+        if stored.get(key) != current.get(key):
+            raise UserError(
+                f"study '{settings.study_name}' was run with another space: {key} was "
+                f"{_shown(stored.get(key))}, now {_shown(current.get(key))}; {hint}")
+
+
+def _shown(value: str | None) -> str:
+    return "absent" if value is None else value
 
 
 def open_study(study_name: str, run_dir: Path, storage: str | None) -> optuna.Study:

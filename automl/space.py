@@ -18,6 +18,7 @@ from optuna.distributions import (
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
+    distribution_to_json,
 )
 
 from automl.errors import ConfigError
@@ -106,6 +107,20 @@ class SearchSpace:
             }
         return Recipe(model=self.model, data=dict(self.data), epochs=self.epochs,
                       seed=self.seed, techniques=chosen)
+
+    def definition(self) -> dict[str, str]:
+        """What makes trials of this space comparable, as flat strings: model, data (without
+        where the files live), epochs, seed, and every technique's parameters and ranges. A
+        study stores it, so resuming with another space is caught."""
+        where = ("data_dir", "download")
+        items = {"model": self.model, "epochs": str(self.epochs), "seed": str(self.seed),
+                 **{f"data.{k}": repr(v) for k, v in sorted(self.data.items()) if k not in where}}
+        for t in self.techniques.values():
+            items[f"{t.name}.enabled"] = "searched" if t.enabled is None else str(t.enabled)
+            for p, v in t.params.items():
+                items[f"{t.name}.{p}"] = (distribution_to_json(v)
+                                          if isinstance(v, BaseDistribution) else repr(v))
+        return items
 
     def max_epochs(self) -> int:
         """The longest training any trial of this space can run (the pruning budget)."""

@@ -508,6 +508,37 @@ def test_resume_with_another_metric_is_refused(searched, tmp_path, monkeypatch):
     assert (tmp_path / "RUN" / "best_recipe.yaml").read_text() == best_before
 
 
+@pytest.mark.parametrize(("old", "new", "key"), [
+    ("epochs: 2", "epochs: 3", "epochs"),
+    ("  mixup: {}", "  mixup: {alpha: {type: float, low: 0.1, high: 0.3}}", "mixup.alpha"),
+    ("  label_smoothing: {}\n", "", "label_smoothing.enabled"),
+    ("batch_size: 128", "batch_size: 64", "data.batch_size"),
+])
+def test_resume_with_another_space_is_refused_naming_the_difference(searched, tmp_path,
+                                                                   monkeypatch, old, new, key):
+    root, _ = searched
+    shutil.copytree(root / "RUN", tmp_path / "RUN")
+    text = (TINY % {"epochs": 2}).replace("{n_trials: 4}", "{n_trials: 5}")
+    assert old in text
+    (tmp_path / "tiny.yaml").write_text(text.replace(old, new))
+    monkeypatch.chdir(tmp_path)
+    result = invoke("search", "tiny.yaml", "--out", "RUN")
+    assert result.exit_code == 2, result.output
+    assert f"another space: {key} was " in error_line(result)
+    assert len(load_study(tmp_path / "RUN").trials) == 4
+
+
+def test_resume_from_another_data_dir_is_the_same_space(searched, tmp_path, monkeypatch):
+    root, _ = searched
+    shutil.copytree(root / "RUN", tmp_path / "RUN")
+    (tmp_path / "tiny.yaml").write_text((TINY % {"epochs": 2}).replace("{n_trials: 4}",
+                                                                       "{n_trials: 5}"))
+    monkeypatch.chdir(tmp_path)
+    result = invoke("search", "tiny.yaml", "--out", "RUN", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert len(load_study(tmp_path / "RUN").trials) == 5
+
+
 @pytest.mark.parametrize(("options", "message"), [
     (["--gpus", "all", "--device", "cuda:0"], "--gpus and --device both given"),
     (["--gpus", "zero"], "--gpus"),
