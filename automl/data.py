@@ -74,6 +74,7 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, idx) -> torch.Tensor:
+        """Decode the images ``idx`` selects (threads: PIL releases the GIL)."""
         rows = torch.arange(len(self.paths))[idx].reshape(-1).tolist()
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             arrays = list(pool.map(lambda i: _read_image(self.paths[i], self.size), rows))
@@ -615,7 +616,7 @@ def _load_folder(config: dict) -> tuple[Split, Split, list[str]]:
     if in_memory == "auto":
         count = sum(map(len, train_files.values())) + sum(map(len, (test_files or {}).values()))
         in_memory = count * 3 * size * size <= IN_MEMORY_LIMIT
-    read = _read_images if in_memory else functools.partial(_image_files, workers=workers)
+    read = functools.partial(_folder_split, in_memory=in_memory, workers=workers)
     train = read(train_files, class_names, size)
     if test_files is None:
         train, test = _fixed_test_cut(train)
@@ -673,24 +674,18 @@ def _check_same_classes(train: list[str], test: list[str], train_dir: Path,
                     f"missing in test {only_train}, not in train {only_test}")
 
 
-def _read_images(files: dict[str, list[Path]], class_names: list[str], size: int) -> Split:
-    """Decode all images (threaded: PIL releases the GIL) into one uint8 tensor."""
+def _folder_split(files: dict[str, list[Path]], class_names: list[str], size: int, *,
+                  in_memory: bool, workers: int) -> Split:
+    """The folder's images with labels: all decoded into one uint8 tensor (``in_memory``), or
+    as :class:`ImageFiles` with only the first image decoded, so a bad file fails here."""
     paths = [p for name in class_names for p in files[name]]
-    labels = [i for i, name in enumerate(class_names) for _ in files[name]]
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        arrays = list(pool.map(lambda p: _read_image(p, size), paths))
-    return Split(torch.from_numpy(np.stack(arrays)).contiguous(),
-                 torch.tensor(labels, dtype=torch.int64))
-
-
-def _image_files(files: dict[str, list[Path]], class_names: list[str], size: int, *,
-                 workers: int) -> Split:
-    """The folder as :class:`ImageFiles`: nothing decoded yet, the first image checked."""
-    paths = [p for name in class_names for p in files[name]]
-    labels = [i for i, name in enumerate(class_names) for _ in files[name]]
-    _read_image(paths[0], size)
-    return Split(ImageFiles(paths, size, workers), torch.tensor(labels, dtype=torch.int64))
+    labels = torch.tensor([i for i, name in enumerate(class_names) for _ in files[name]],
+                          dtype=torch.int64)
+    images = ImageFiles(paths, size, workers)
+    if in_memory:
+        return Split(images[:].contiguous(), labels)
+    images[:1]
+    return Split(images, labels)
 
 
 def _read_image(path: Path, size: int) -> np.ndarray:

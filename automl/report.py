@@ -11,7 +11,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automl.recipe import Recipe
 
-__all__ = ["ConsoleReporter", "trials_table", "ranked_trials", "format_table"]
+__all__ = ["ConsoleReporter", "SilentReporter", "trials_table", "ranked_trials", "format_table"]
+
+
+class SilentReporter:
+    """The Reporter protocol, saying nothing: for searches run from code (tests, benchmarks);
+    subclass it to watch one event."""
+
+    def search_start(self, study, settings, todo) -> None: ...
+    def trial_start(self, trial, recipe) -> None: ...
+    def epoch(self, trial, epoch, epochs, metrics) -> None: ...
+    def trial_end(self, study, trial, new_best) -> None: ...
 
 
 class ConsoleReporter:

@@ -26,6 +26,7 @@ import torch
 from automl.cli import resolve_space_path
 from automl.data import load_data
 from automl.discovery import technique_catalog
+from automl.report import SilentReporter
 from automl.search import SearchSettings, run_search
 from automl.space import load_space
 from automl.trainer import resolve_device
@@ -40,19 +41,15 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-class MemoryReporter:
+class MemoryReporter(SilentReporter):
     """Quiet, except for the memory after each trial."""
 
     def __init__(self, device: torch.device):
         self.device, self.gpu_baseline, self.gpu_after = device, None, []
 
-    def search_start(self, study, settings, todo) -> None: ...
-
     def trial_start(self, trial, recipe) -> None:
         if self.device.type == "cuda" and self.gpu_baseline is None:
             self.gpu_baseline = torch.cuda.memory_allocated(self.device)
-
-    def epoch(self, trial, epoch, epochs, metrics) -> None: ...
 
     def trial_end(self, study, trial, new_best) -> None:
         gpu = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0

@@ -66,6 +66,7 @@ import automl.trainer
 from automl.data import DataBundle, Split, load_data
 from automl.discovery import technique_catalog
 from automl.hookspecs import hookimpl
+from automl.report import SilentReporter
 from automl.space import SearchSpace, load_space
 from automl.trainer import resolve_device
 
@@ -176,15 +177,6 @@ class EpochTimer:
     @hookimpl(tryfirst=True)
     def on_epoch_end(self, state):
         self.ledger.leave()
-
-
-class SilentReporter:
-    """The Reporter protocol, saying nothing."""
-
-    def search_start(self, study, settings, todo) -> None: ...
-    def trial_start(self, trial, recipe) -> None: ...
-    def epoch(self, trial, epoch, epochs, metrics) -> None: ...
-    def trial_end(self, study, trial, new_best) -> None: ...
 
 
 def storage_methods(storage: optuna.storages.BaseStorage) -> list[str]:

@@ -14,6 +14,7 @@ from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
 from automl.hookspecs import hookimpl
 from automl.recipe import load_recipe
+from automl.report import SilentReporter
 from automl.search import BEST_RECIPE, SearchSettings, run_search
 from automl.space import load_space
 from automl.workers import trial_shares, worker_devices
@@ -31,13 +32,9 @@ study: {sampler: tpe, pruner: none, n_trials: 4}
 """
 
 
-class SilentReporter:
+class RecordingReporter(SilentReporter):
     def __init__(self):
         self.ended = []
-
-    def search_start(self, study, settings, todo): ...
-    def trial_start(self, trial, recipe): ...
-    def epoch(self, trial, epoch, epochs, metrics): ...
 
     def trial_end(self, study, trial, new_best):
         self.ended.append(trial)
@@ -56,7 +53,7 @@ def _settings(space, tmp_path: Path, **extra) -> SearchSettings:
 
 def test_jobs_split_the_trials_between_processes_on_one_study(tmp_path):
     space = _space(tmp_path)
-    study = run_search(space, _settings(space, tmp_path, jobs=2), SilentReporter())
+    study = run_search(space, _settings(space, tmp_path, jobs=2), RecordingReporter())
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     params = [tuple(sorted(t.params.items())) for t in trials]
@@ -88,7 +85,7 @@ def test_each_trial_releases_its_model_before_the_next_starts(tmp_path, monkeypa
     monkeypatch.setattr(search_module, "training_manager", manager)
     alive_at_trial_end = []
 
-    class Checking(SilentReporter):
+    class Checking(RecordingReporter):
         def trial_end(self, study, trial, new_best):
             super().trial_end(study, trial, new_best)
             alive_at_trial_end.append(sum(ref() is not None for ref in models))
