@@ -11,13 +11,9 @@ import traceback
 import pluggy
 import torch
 
-__all__ = ["TrialFailed", "failure_reason", "raising_hook"]
+__all__ = ["failure_reason", "raising_hook"]
 
 OOM = "oom"
-
-
-class TrialFailed(Exception):
-    """Raised by the objective after recording the reason; Optuna marks the trial FAIL."""
 
 
 def failure_reason(exc: BaseException, pm: pluggy.PluginManager | None) -> str:

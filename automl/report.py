@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -11,7 +12,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from automl.recipe import Recipe
 
-__all__ = ["ConsoleReporter", "SilentReporter", "trials_table", "ranked_trials", "format_table"]
+__all__ = ["ConsoleReporter", "SilentReporter", "trials_table", "ranked_trials", "format_table",
+           "show_warnings"]
+
+
+def show_warnings() -> None:
+    """Print the library's warnings (logger ``automl``) on stderr as ``warning: ...`` lines."""
+    logger = logging.getLogger("automl")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("warning: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 class SilentReporter:
@@ -37,8 +49,7 @@ class ConsoleReporter:
         self.started = self.last_line = time.perf_counter()
 
     def search_start(self, study, settings, todo) -> None:
-        done = len(study.trials) - (1 if study.trials and study.trials[-1].state
-                                    == TrialState.WAITING else 0)
+        done = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
         resumed = f", resuming with {done} trial(s) done" if done else ""
         click.echo(f"study '{settings.study_name}' in {settings.run_dir}{resumed}: "
                    f"{todo} trial(s) to run, sampler {settings.sampler}, "

@@ -8,27 +8,39 @@ improves, so an interrupted search loses nothing.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import warnings
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import optuna
+import torch
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.data import DataBundle, load_data
 from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
-from automl.failures import TrialFailed, failure_reason
+from automl.failures import failure_reason
+from automl.heartbeat import beating, sweep_stale
+from automl.interrupts import Interrupted
 from automl.recipe import Recipe
 from automl.space import SearchSpace
 from automl.state import TrainState
-from automl.storage import open_storage
+from automl.storage import StorageFailed, is_rdb_url, open_storage, storage_failure
 from automl.trainer import TrainingDiverged, release_memory, resolve_device, train
+from automl.trial_queue import (
+    budget_trials,
+    claim_trial,
+    duplicate_of,
+    plan_trials,
+    retry_once,
+    wait_for_plan,
+)
 from automl.yamlio import write_atomic
 
 __all__ = ["SearchSettings", "Reporter", "run_search", "create_study", "run_trials",
@@ -37,15 +49,6 @@ __all__ = ["SearchSettings", "Reporter", "run_search", "create_study", "run_tria
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def _not_a_reported_failure(record: logging.LogRecord) -> bool:
-    """Optuna's own two warnings (one with a traceback) for a trial that raised: the search
-    reports the failure itself, in one line with its reason."""
-    if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
-        return False
-    return not record.getMessage().endswith(" failed with value None.")
-
-
-logging.getLogger("optuna.study._optimize").addFilter(_not_a_reported_failure)
 BEST_RECIPE = "best_recipe.yaml"
 
 
@@ -127,7 +130,8 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
 
 def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
                data: DataBundle | None = None) -> optuna.Study:
-    """Run (or resume) the study until it holds ``n_trials`` finished trials or time runs out.
+    """Run (or resume, or join) the study until its ``n_trials`` tickets are used up or time
+    runs out (see :mod:`automl.trial_queue`).
 
     With ``settings.jobs`` > 1 or ``settings.gpus`` the trials run in worker processes on the
     same storage (see :mod:`automl.workers`); otherwise in this process.
@@ -137,97 +141,166 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
     devices = worker_devices(settings.jobs, settings.gpus, settings.device)
     data = data if data is not None else load_data(space.data)  # user errors before any write
     study = create_study(space, settings)
-    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
-    todo = max(settings.n_trials - done, 0)
+    todo = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     reporter.search_start(study, settings, todo)
     if todo and len(devices) > 1:
         run_workers(space, settings, devices, todo)
     elif todo:
-        run_trials(study, space, settings, reporter, data, todo, devices[0])
+        run_trials(study, space, settings, reporter, data, devices[0])
     export_best(study, settings.run_dir)
     return study
 
 
 def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
-    """Open the study (creating it with the baseline trial queued), refusing another objective."""
+    """Create the study, or join it, refusing another objective or space; then make it hold
+    ``n_trials`` tickets (the first one the baseline)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if settings.sampler == "cmaes" and is_rdb_url(settings.storage) and \
+            not settings.storage.startswith("sqlite"):
+        raise UserError("sampler cmaes keeps pickled state in the storage, which every worker "
+                        "unpickles: anyone who can write to a shared database could run code "
+                        "on every worker; use tpe or gp, or a journal/SQLite file")
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=settings.study_name, storage=open_storage(settings.storage, settings.run_dir),
-        sampler=make_sampler(settings.sampler, settings.seed),
-        pruner=make_pruner(settings.pruner, space.max_epochs()), direction=settings.direction,
-        load_if_exists=True)
+    storage = open_storage(settings.storage, settings.run_dir)
+    pruner = make_pruner(settings.pruner, space.max_epochs())
+    with _recording(settings, "opening the study"):
+        try:
+            study = optuna.create_study(study_name=settings.study_name, storage=storage,
+                                        pruner=pruner, direction=settings.direction)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=settings.study_name, storage=storage,
+                                      pruner=pruner)
+            created = False
+        if created:
+            study.set_user_attr("metric", settings.metric)
+            study.set_user_attr("space", space.source)
+            study.set_user_attr("space_definition", space.definition())
+        wait_for_plan(study, created)
     _check_same_study(study, space, settings)
-    if not study.trials:
-        study.set_user_attr("metric", settings.metric)
-        study.set_user_attr("space", space.source)
-        study.set_user_attr("space_definition", space.definition())
-        study.enqueue_trial(space.baseline_params(), user_attrs={"baseline": True},
-                            skip_if_exists=True)
+    with _recording(settings, "queueing the trials"):
+        plan_trials(study, settings.n_trials, space.baseline_params())
+        tried = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(settings.sampler, sampler_seed(settings.seed, tried))
     return study
 
 
+def sampler_seed(seed: int, tried: int) -> int:
+    """The seed itself for a new study; moved on by the trials already run when resuming, so a
+    resumed search does not draw its first parameters again."""
+    return seed + 7919 * tried
+
+
+@contextmanager
+def _recording(settings: SearchSettings, doing: str):
+    """Storage calls: an exception from them is a storage failure with its real cause."""
+    try:
+        yield
+    except (UserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise storage_failure(exc, settings.storage, doing) from exc
+
+
 def run_trials(study: optuna.Study, space: SearchSpace, settings: SearchSettings,
-               reporter: Reporter, data: DataBundle, n_trials: int,
-               device_name: str | None) -> None:
-    """Sample, train and record ``n_trials`` trials in this process, one after another."""
+               reporter: Reporter, data: DataBundle, device_name: str | None) -> int:
+    """Claim and train tickets in this process, one after another, until none is left, the
+    budget is reached or time runs out; the number of trials run."""
     catalog = technique_catalog()
     device = resolve_device(device_name)
+    deadline = time.monotonic() + settings.timeout if settings.timeout else None
+    ran = 0
+    while deadline is None or time.monotonic() < deadline:
+        with _recording(settings, "claiming a trial"):
+            sweep_stale(study)
+            trial = claim_trial(study, retries_only=_budget_used(study, settings.n_trials))
+        if trial is None:
+            break
+        _run_trial(study, trial, space, settings, reporter, data, catalog, device)
+        ran += 1
+    return ran
 
-    trial_model: list[weakref.ref] = []  # the running trial's model, to check it was freed
 
-    def objective(trial: optuna.Trial) -> float:
-        trial_model.clear()
-        recipe = space.sample(trial)
-        trial.set_user_attr("recipe", recipe.to_dict())
-        reporter.trial_start(trial, recipe)
-        pm = None
+def _budget_used(study: optuna.Study, n_trials: int) -> bool:
+    return sum(t.state != TrialState.WAITING for t in budget_trials(study)) >= n_trials
 
-        def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
-            trial_model[:] = [weakref.ref(state.model)]
-            epoch = state.epoch + 1
-            trial.report(metrics[settings.metric], epoch)
-            reporter.epoch(trial, epoch, state.epochs, metrics)
-            last = epoch == state.epochs or state.stop_training
-            if not last and trial.should_prune():  # a finished run completes
-                trial.set_user_attr("epochs_run", epoch)
-                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-        started = time.perf_counter()
-        failure = None
+def _run_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace,
+               settings: SearchSettings, reporter: Reporter, data: DataBundle,
+               catalog: dict, device: torch.device) -> None:
+    """Train one claimed trial and record how it ended; a signal fails it and is re-raised."""
+    model: list[weakref.ref] = []  # the trial's model, to check that it was freed
+    with _recording(settings, f"running trial {trial.number}"), beating(study, trial):
         try:
-            pm = training_manager(recipe, catalog)
-            history = train(recipe, data, pm, device=device, on_epoch=on_epoch,
-                            compile=settings.compile).history
-        except optuna.TrialPruned:
+            state, value = _train(trial, study, space, settings, reporter, data, catalog,
+                                  device, model)
+        except KeyboardInterrupt as exc:
+            name = exc.name if isinstance(exc, Interrupted) else "SIGINT"
+            trial.set_user_attr("fail_reason", f"interrupted ({name})")
+            study.tell(trial, state=TrialState.FAIL)
+            retry_once(study, study._storage.get_trial(trial._trial_id))
+            release_memory(device, model[0] if model else None)
             raise
-        except TrainingDiverged as exc:
-            trial.set_user_attr("fail_reason", str(exc))
-            raise optuna.TrialPruned(str(exc)) from None
-        except Exception as exc:  # the trial fails, the search goes on
-            failure = failure_reason(exc, pm)
-        if failure is not None:  # raised here, not inside `except`: no traceback keeps the
-            trial.set_user_attr("fail_reason", failure)  # trial's tensors alive
-            raise TrialFailed(failure)
-        final = history[-1]
-        trial.set_user_attr("metrics", final)
-        trial.set_user_attr("epochs_run", len(history))
-        trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
-        if not math.isfinite(final[settings.metric]):  # never a best trial
-            reason = f"{settings.metric} is {final[settings.metric]}"
-            trial.set_user_attr("fail_reason", reason)
-            raise optuna.TrialPruned(reason)
-        return final[settings.metric]
+        try:
+            study.tell(trial, value, state=state)
+        except UpdateFinishedTrialError:  # swept as stale by another process meanwhile
+            pass
+        frozen = study._storage.get_trial(trial._trial_id)
+    release_memory(device, model[0] if model else None)
+    new_best = frozen.state == TrialState.COMPLETE and study.best_trial.number == frozen.number
+    if new_best:
+        export_best(study, settings.run_dir)
+    reporter.trial_end(study, frozen, new_best)
 
-    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
-        release_memory(device, trial_model[0] if trial_model else None)
-        new_best = trial.state == TrialState.COMPLETE and study.best_trial.number == trial.number
-        if new_best:
-            export_best(study, settings.run_dir)
-        reporter.trial_end(study, trial, new_best)
 
-    study.optimize(objective, n_trials=n_trials, timeout=settings.timeout,
-                   callbacks=[after_trial], catch=(TrialFailed,))
+def _train(trial: optuna.Trial, study: optuna.Study, space: SearchSpace,
+           settings: SearchSettings, reporter: Reporter, data: DataBundle, catalog: dict,
+           device: torch.device, model: list[weakref.ref]) -> tuple[TrialState, float | None]:
+    """Sample and train the trial; how it ended: COMPLETE with its value, PRUNED or FAIL (the
+    reason stored as the ``fail_reason`` user attr)."""
+    recipe = space.sample(trial)
+    trial.set_user_attr("recipe", recipe.to_dict())
+    reporter.trial_start(trial, recipe)
+    same = duplicate_of(study, trial)
+    if same is not None:
+        trial.set_user_attr("fail_reason", f"same parameters as trial {same}, not trained again")
+        return TrialState.PRUNED, None
+
+    def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
+        model[:] = [weakref.ref(state.model)]
+        epoch = state.epoch + 1
+        trial.report(metrics[settings.metric], epoch)
+        reporter.epoch(trial, epoch, state.epochs, metrics)
+        last = epoch == state.epochs or state.stop_training
+        if not last and trial.should_prune():  # a finished run completes
+            trial.set_user_attr("epochs_run", epoch)
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+    started = time.perf_counter()
+    failure = pm = None
+    try:
+        pm = training_manager(recipe, catalog)
+        history = train(recipe, data, pm, device=device, on_epoch=on_epoch,
+                        compile=settings.compile).history
+    except optuna.TrialPruned:
+        return TrialState.PRUNED, None
+    except StorageFailed:
+        raise
+    except TrainingDiverged as exc:  # pruned: it says nothing about the code, only the values
+        failure, ended = str(exc), TrialState.PRUNED
+    except Exception as exc:  # the trial fails, the search goes on
+        failure, ended = failure_reason(exc, pm), TrialState.FAIL
+    if failure is not None:  # handled here, not inside `except`: no traceback keeps the
+        trial.set_user_attr("fail_reason", failure)  # trial's tensors alive
+        return ended, None
+    final = history[-1]
+    trial.set_user_attr("metrics", final)
+    trial.set_user_attr("epochs_run", len(history))
+    trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+    if not math.isfinite(final[settings.metric]):  # never a best trial
+        trial.set_user_attr("fail_reason", f"{settings.metric} is {final[settings.metric]}")
+        return TrialState.PRUNED, None
+    return TrialState.COMPLETE, final[settings.metric]
 
 
 def export_best(study: optuna.Study, run_dir: Path) -> None:

@@ -3,8 +3,8 @@
 ``--jobs N`` runs N workers on the search device (small models leave a GPU mostly idle, so a
 few trials side by side use it better); ``--gpus all`` (or ``0,2``) runs ``jobs`` workers on
 every listed GPU. Workers are processes, not threads: each has its own CUDA context, RNG and
-interpreter, so a trial never waits on another's Python. The remaining trials are split
-between them up front, so the study ends with exactly ``n_trials`` trials. Worker k seeds its
+interpreter, so a trial never waits on another's Python. Each worker claims
+the study's waiting trials until none is left (see :mod:`automl.trial_queue`). Worker k seeds its
 sampler with ``seed + k`` (the same seed everywhere would draw the same first trials), so a
 parallel search is not reproducible trial for trial; a sequential one is.
 """
@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
 
 from automl.errors import UserError
+from automl.interrupts import Interrupted, stop_on_signals
 
 if TYPE_CHECKING:
     from automl.search import SearchSettings
     from automl.space import SearchSpace
 
-__all__ = ["worker_devices", "trial_shares", "run_workers"]
+__all__ = ["worker_devices", "run_workers"]
 
 
 def worker_devices(jobs: int, gpus: str | None, device: str | None) -> list[str | None]:
@@ -53,47 +55,58 @@ def worker_devices(jobs: int, gpus: str | None, device: str | None) -> list[str 
     return [f"cuda:{i}" for i in ids for _ in range(jobs)]
 
 
-def trial_shares(todo: int, workers: int) -> list[int]:
-    """``todo`` trials split as evenly as possible; workers with no share are not started."""
-    shares = [todo // workers + (k < todo % workers) for k in range(workers)]
-    return [share for share in shares if share]
-
-
 def run_workers(space: SearchSpace, settings: SearchSettings, devices: list[str | None],
                 todo: int) -> None:
-    """Run ``todo`` trials of the (already created) study in one process per device entry."""
-    shares = trial_shares(todo, len(devices))
+    """Run the study's ``todo`` waiting trials in one process per device entry (at most
+    ``todo`` processes); each claims trials until none is left.
+
+    The workers live in their own process group, so a Ctrl-C reaches this process only; it
+    passes the signal on once, and each worker fails its running trial cleanly.
+    """
+    devices = devices[:todo]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // len(shares))
+    threads = max(1, (cores or 1) // len(devices))
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     processes = [
         context.Process(target=_worker, name=f"automl-worker-{k}",
                         args=(space, replace(settings, jobs=1, gpus=None, device=device,
-                                             seed=settings.seed + k),
-                              share, threads))
-        for k, (device, share) in enumerate(zip(devices, shares, strict=False))]
+                                             seed=settings.seed + k), threads))
+        for k, device in enumerate(devices)]
     for process in processes:
         process.start()
     try:
         for process in processes:
             process.join()
-    finally:
-        for process in processes:  # on Ctrl-C the workers got the signal too; wait for them
+    except Interrupted as exc:
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, exc.signum)
+        for process in processes:
             process.join()
+        raise
     failed = [p.name for p in processes if p.exitcode != 0]
     if failed:
         raise UserError(f"search worker(s) {', '.join(failed)} stopped with an error (see "
                         "above); finished trials are kept, run the command again to resume")
 
 
-def _worker(space: SearchSpace, settings: SearchSettings, n_trials: int, threads: int) -> None:
+def _worker(space: SearchSpace, settings: SearchSettings, threads: int) -> None:
     """One worker process: its own data, study handle and console lines."""
     from automl.data import load_data
-    from automl.report import ConsoleReporter
+    from automl.report import ConsoleReporter, show_warnings
     from automl.search import create_study, run_trials
 
+    os.setpgid(0, 0)  # the terminal's Ctrl-C goes to the parent, which passes it on once
+    show_warnings()
     torch.set_num_threads(threads)  # the workers share the machine's cores
-    study = create_study(space, settings)
-    reporter = ConsoleReporter(settings.metric, live=False)
-    run_trials(study, space, settings, reporter, load_data(space.data), n_trials,
-               settings.device)
+    with stop_on_signals():
+        try:
+            study = create_study(space, settings)
+            reporter = ConsoleReporter(settings.metric, live=False)
+            run_trials(study, space, settings, reporter, load_data(space.data),
+                       settings.device)
+        except Interrupted as exc:
+            sys.exit(exc.exit_code)
+        except UserError as exc:
+            print(f"Error: {exc}", file=sys.stderr)
+            sys.exit(exc.exit_code)

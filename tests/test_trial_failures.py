@@ -47,7 +47,7 @@ model: automl_resnet8
 data: {dataset: digits, batch_size: 64}
 epochs: 1
 techniques:
-  optimizer: {name: sgd, lr: 0.05}
+  optimizer: {name: sgd, lr: {type: float, low: 0.02, high: 0.08}}
   exploding: {}
 study: {sampler: random, pruner: none, n_trials: 8, seed: 0}
 """

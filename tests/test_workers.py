@@ -17,7 +17,7 @@ from automl.recipe import load_recipe
 from automl.report import SilentReporter
 from automl.search import BEST_RECIPE, SearchSettings, run_search
 from automl.space import load_space
-from automl.workers import trial_shares, worker_devices
+from automl.workers import worker_devices
 
 SPACE = """\
 model: automl_resnet8
@@ -131,10 +131,3 @@ def test_bad_gpu_lists_are_refused(monkeypatch, gpus, device, message):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     with pytest.raises(UserError, match=message):
         worker_devices(1, gpus, device)
-
-
-@pytest.mark.parametrize(("todo", "workers", "shares"), [
-    (10, 4, [3, 3, 2, 2]), (2, 4, [1, 1]), (8, 2, [4, 4]), (0, 3, []),
-])
-def test_trial_shares_add_up_and_differ_by_at_most_one(todo, workers, shares):
-    assert trial_shares(todo, workers) == shares

@@ -1,0 +1,98 @@
+"""The trial budget as a queue inside the study's storage, shared by every process everywhere.
+
+``--n-trials N`` puts N tickets (WAITING trials; the first carries the baseline's parameters)
+into the study. A process trains a trial only after claiming a ticket, and the storage grants
+each ticket to exactly one claimant, so any number of processes on any number of machines run
+exactly N trials together, each once. A trial whose worker died, or was stopped by a signal,
+gets one retry ticket with its parameters; retries are not counted in N.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["plan_trials", "wait_for_plan", "claim_trial", "retry_once", "budget_trials",
+           "duplicate_of", "BUDGET", "RETRY_OF"]
+
+BUDGET = "n_trials"  # study user attr: the budget planned so far (set after its tickets exist)
+RETRY_OF = "retry_of"  # trial user attr: the number of the trial this one retries
+PLAN_WAIT_SECONDS = 60.0  # how long a joining process waits for the creator's tickets
+
+
+def budget_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials (and tickets) counted in ``--n-trials``: every one except retries."""
+    return [t for t in study.get_trials(deepcopy=False) if RETRY_OF not in t.user_attrs]
+
+
+def wait_for_plan(study: optuna.Study, created: bool) -> None:
+    """A process joining a brand-new study waits for its creator's tickets, instead of adding
+    its own (which would double the budget)."""
+    if created or study.user_attrs.get(BUDGET) is not None or _started(study):
+        return
+    deadline = time.monotonic() + PLAN_WAIT_SECONDS
+    while study.user_attrs.get(BUDGET) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def plan_trials(study: optuna.Study, n_trials: int, baseline: dict[str, Any]) -> None:
+    """Make the study hold ``n_trials`` budget trials and tickets (raising --n-trials later
+    adds the missing tickets; lowering it leaves the extra tickets unclaimed)."""
+    planned = study.user_attrs.get(BUDGET)
+    if planned is not None and planned >= n_trials:
+        return
+    missing = n_trials - len(budget_trials(study))
+    if missing > 0 and not study.trials:
+        study.enqueue_trial(baseline, user_attrs={"baseline": True})
+        missing -= 1
+    for _ in range(max(missing, 0)):
+        study.enqueue_trial({})
+    study.set_user_attr(BUDGET, n_trials)
+
+
+def _started(study: optuna.Study) -> bool:
+    return any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+
+
+def claim_trial(study: optuna.Study, retries_only: bool = False) -> optuna.Trial | None:
+    """Claim a waiting ticket (the storage lets exactly one process move it to RUNNING), or
+    None when none is left; ``retries_only`` once the budget is used up. ``Study.ask`` claims
+    the same way, but creates a new trial when the queue is empty: more than the budget."""
+    storage = study._storage  # Optuna keeps the storage and ids private; ask() uses the same
+    for ticket in storage.get_all_trials(study._study_id, deepcopy=False,
+                                         states=(TrialState.WAITING,)):
+        if retries_only and RETRY_OF not in ticket.user_attrs:
+            continue
+        try:
+            if storage.set_trial_state_values(ticket._trial_id, state=TrialState.RUNNING):
+                return optuna.Trial(study, ticket._trial_id)
+        except UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def retry_once(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Queue the trial's parameters again, unless the trial already was a retry."""
+    if RETRY_OF in trial.user_attrs:
+        return False
+    attrs = {RETRY_OF: trial.number}
+    if trial.user_attrs.get("baseline"):
+        attrs["baseline"] = True
+    study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+    return True
+
+
+def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The number of a finished trial with exactly this trial's parameters (not the one it
+    retries): training it again would only repeat that result."""
+    frozen = study._storage.get_trial(trial._trial_id)
+    retried = frozen.user_attrs.get(RETRY_OF)
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                          TrialState.PRUNED)):
+        if other.number not in (trial.number, retried) and other.params == frozen.params:
+            return other.number
+    return None
