@@ -191,6 +191,10 @@ def sampler_seed(seed: int, tried: int) -> int:
     return seed + 7919 * tried
 
 
+class NonFiniteScore(ArithmeticError):
+    """The searched metric is NaN or infinite: the trial can never be compared."""
+
+
 @contextmanager
 def _recording(settings: SearchSettings, doing: str):
     """Storage calls: an exception from them is a storage failure with its real cause."""
@@ -269,7 +273,10 @@ def _train(trial: optuna.Trial, study: optuna.Study, space: SearchSpace,
     def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
         model[:] = [weakref.ref(state.model)]
         epoch = state.epoch + 1
-        trial.report(metrics[settings.metric], epoch)
+        score = metrics[settings.metric]
+        if not math.isfinite(score):  # never reported: a pruner would take inf as the best
+            raise NonFiniteScore(f"{settings.metric} is {score} in epoch {epoch}")
+        trial.report(score, epoch)
         reporter.epoch(trial, epoch, state.epochs, metrics)
         last = epoch == state.epochs or state.stop_training
         if not last and trial.should_prune():  # a finished run completes
@@ -286,7 +293,7 @@ def _train(trial: optuna.Trial, study: optuna.Study, space: SearchSpace,
         return TrialState.PRUNED, None
     except StorageFailed:
         raise
-    except TrainingDiverged as exc:  # pruned: it says nothing about the code, only the values
+    except (TrainingDiverged, NonFiniteScore) as exc:  # pruned: the values, not the code
         failure, ended = str(exc), TrialState.PRUNED
     except Exception as exc:  # the trial fails, the search goes on
         failure, ended = failure_reason(exc, pm), TrialState.FAIL
@@ -297,9 +304,6 @@ def _train(trial: optuna.Trial, study: optuna.Study, space: SearchSpace,
     trial.set_user_attr("metrics", final)
     trial.set_user_attr("epochs_run", len(history))
     trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
-    if not math.isfinite(final[settings.metric]):  # never a best trial
-        trial.set_user_attr("fail_reason", f"{settings.metric} is {final[settings.metric]}")
-        return TrialState.PRUNED, None
     return TrialState.COMPLETE, final[settings.metric]
 
 

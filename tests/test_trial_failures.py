@@ -95,3 +95,46 @@ def test_failing_trials_name_plugin_and_hook_and_the_search_goes_on(tmp_path: Pa
     out = capsys.readouterr()
     assert "failed" in out.out and "(plugin exploding, hook after_backward: ValueError" in out.out
     assert "Traceback" not in out.err
+
+
+class NonFinite(Technique):
+    """Makes the training loss or the validation score infinite.
+
+    Helps: testing. Suggested: never. Source: this test.
+    """
+
+    name = "nonfinite"
+    space = {"where": CategoricalDistribution(["loss", "score"])}
+    defaults = {"where": "loss"}
+
+    @hookimpl
+    def after_loss(self, state):
+        if self.params["where"] == "loss":
+            state.loss = state.loss * float("inf")
+
+    @hookimpl
+    def evaluate(self, state, metrics):
+        return {"acc1": float("inf")} if self.params["where"] == "score" else {}
+
+
+def test_infinite_loss_or_score_prunes_the_trial_and_never_becomes_best(tmp_path, monkeypatch):
+    catalog = {**technique_catalog(), "nonfinite": NonFinite}
+    monkeypatch.setattr(search_module, "technique_catalog", lambda: catalog)
+    path = tmp_path / "nonfinite.yaml"
+    path.write_text(SPACE.replace("exploding", "nonfinite"))
+    space = load_space(path, catalog)
+    settings = SearchSettings.from_space(space, study_name="x", run_dir=tmp_path / "run",
+                                         device="cpu")
+    study = run_search(space, settings, ConsoleReporter("val/acc1", live=False))
+    reasons = {"loss": "training loss is ", "score": "val/acc1 is inf in epoch 1"}
+    seen = set()
+    for trial in study.trials:
+        where = trial.user_attrs["recipe"]["techniques"].get("nonfinite", {}).get("where")
+        if where is not None:
+            assert trial.state == TrialState.PRUNED
+            assert trial.user_attrs["fail_reason"].startswith(reasons[where])
+            assert not trial.intermediate_values
+            seen.add(where)
+    assert seen == {"loss", "score"}, "the seed should draw both"
+    best = (tmp_path / "run" / "best_recipe.yaml").read_text()
+    assert "nonfinite" not in best and study.best_value < 1.0
