@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-import functools
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 
 import click
 
+from automl.discovery import ALLOW_ENV, DISABLE_ENV
 from automl.errors import UserError
+from automl.paths import check_study_name
 
 SPACES_PACKAGE = "automl.search_spaces"
 
 
+class _PluginError(click.ClickException):
+    """A plugin problem met while click looks commands up: ``Error: <one line>``, exit 2."""
+
+    exit_code = UserError.exit_code
+
+
 class _Group(click.Group):
-    """Turns a UserError from any command into ``Error: <one line>`` and exit code 2."""
+    """Turns a UserError from any command into ``Error: <one line>`` and exit code 2.
+
+    Plugin commands are loaded at the first command lookup, which click makes after parsing
+    the group's own options: ``--plugins`` / ``--disable-plugins`` are in force by then.
+    """
+
+    _plugin_commands_loaded = False
 
     def invoke(self, ctx):
         try:
@@ -24,9 +38,45 @@ class _Group(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
 
+    def list_commands(self, ctx):
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx, cmd_name):
+        self._load_plugin_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def _load_plugin_commands(self) -> None:
+        if self._plugin_commands_loaded:
+            return
+        self._plugin_commands_loaded = True  # first: a plugin's hook may look commands up
+        from automl.discovery import discovery_manager
+
+        try:
+            discovery_manager().hook.register_commands(cli=self)
+        except UserError as exc:
+            self._plugin_commands_loaded = False
+            raise _PluginError(str(exc)) from None
+
+
+def _plugin_list_option(flag: str, variable: str, help: str):
+    """A group option that exports its value to ``variable`` before any plugin is discovered,
+    so this process and every worker process it spawns see the same plugins."""
+
+    def export(ctx, param, value):
+        if value is not None:
+            os.environ[variable] = value
+
+    return click.option(flag, metavar="NAME,...", is_eager=True, expose_value=False,
+                        callback=export, help=f"{help} (sets {variable}).")
+
 
 @click.group(cls=_Group)
 @click.version_option(package_name="automl-recipes", prog_name="automl")
+@_plugin_list_option("--plugins", ALLOW_ENV,
+                     "Load only these installed plugins; built-ins always load")
+@_plugin_list_option("--disable-plugins", DISABLE_ENV,
+                     "Never load (or import) these installed plugins")
 def cli() -> None:
     """Search image-classification training recipes: techniques are plugins, Optuna searches.
 
@@ -101,21 +151,30 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
     The best recipe is kept in DIR/best_recipe.yaml, rewritten whenever the best improves.
     """
     from automl.discovery import technique_catalog
-    from automl.report import ConsoleReporter, trials_table
+    from automl.interrupts import Interrupted, stop_on_signals
+    from automl.report import ConsoleReporter, show_warnings, trials_table
     from automl.search import BEST_RECIPE, SearchSettings, run_search
     from automl.space import load_space
 
     path = resolve_space_path(space)
+    name = check_study_name(study_name or path.stem)
     parsed = load_space(path, technique_catalog())
     _apply_data_options(parsed.data, data_dir, download)
-    name = study_name or path.stem
     settings = SearchSettings.from_space(
         parsed, study_name=name, run_dir=out or Path("runs") / name, storage=storage,
         device=device, jobs=jobs, gpus=gpus, compile=compile, n_trials=n_trials,
         timeout=timeout, seed=seed, sampler=sampler, pruner=pruner)
-    study = run_search(parsed, settings, ConsoleReporter(settings.metric))
-    click.echo("\n" + trials_table(study, settings.metric))
+    show_warnings()
     best = settings.run_dir / BEST_RECIPE
+    with stop_on_signals():
+        try:
+            study = run_search(parsed, settings, ConsoleReporter(settings.metric))
+        except Interrupted as exc:
+            kept = f"; best recipe so far: {best}" if best.exists() else ""
+            click.echo(f"\nstopped by {exc.name}: the running trial is marked failed and "
+                       f"will be retried when the same command is run again{kept}", err=True)
+            sys.exit(exc.exit_code)
+    click.echo("\n" + trials_table(study, settings.metric))
     if best.exists():
         click.echo(f"\nbest recipe: {best}\nretrain it:  automl train {best}")
 
@@ -136,6 +195,7 @@ def show(study_name, out, storage, top):
     from automl.report import trials_table
     from automl.search import open_study
 
+    check_study_name(study_name)
     study = open_study(study_name, out or Path("runs") / study_name, storage)
     metric = study.user_attrs.get("metric", "value")
     click.echo(trials_table(study, metric, top))
@@ -152,6 +212,7 @@ def export(study_name, out, storage, trial_number, output):
     from automl.search import open_study, trial_recipe
     from automl.yamlio import write_atomic
 
+    check_study_name(study_name)
     study = open_study(study_name, out or Path("runs") / study_name, storage)
     if trial_number is None:
         try:
@@ -184,7 +245,9 @@ def train(recipe, out, device, compile, data_dir, download):
     from automl.discovery import technique_catalog
     from automl.recipe import load_recipe
     from automl.replay import replay
+    from automl.report import show_warnings
 
+    show_warnings()
     parsed = load_recipe(recipe, technique_catalog())
     _apply_data_options(parsed.data, data_dir, download)
     out = out or Path("runs") / f"train-{recipe.stem}"
@@ -231,7 +294,13 @@ def techniques(name, markdown):
 def plugins():
     """List loaded plugins, the techniques each provides, and the hooks each implements."""
     from automl import hookspecs
-    from automl.discovery import discovery_manager, hook_names, plugin_origin, technique_catalog
+    from automl.discovery import (
+        discovery_manager,
+        hook_names,
+        plugin_origin,
+        skipped_plugins,
+        technique_catalog,
+    )
     from automl.hookspecs import TrainingSpecs
 
     pm = discovery_manager()
@@ -245,22 +314,12 @@ def plugins():
         hooks = [h for h in training_hooks
                  if hasattr(getattr(cls, h, None), f"{hookspecs.PROJECT}_impl")]
         click.echo(f"    {tname:<20} {', '.join(hooks)}")
-
-
-@functools.cache
-def _load_plugin_commands() -> None:
-    from automl.discovery import discovery_manager
-
-    discovery_manager().hook.register_commands(cli=cli)
+    for plugin_name, why in skipped_plugins().items():
+        click.echo(f"{plugin_name}: not loaded ({why})")
 
 
 def main() -> None:
-    """Console entry point: plugin commands first, then click."""
-    try:
-        _load_plugin_commands()
-    except UserError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+    """Console entry point."""
     cli(prog_name="automl")
 
 

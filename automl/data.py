@@ -569,11 +569,27 @@ def _cifar_split(paths: list[Path], labels_key: str) -> Split:
                  torch.from_numpy(np.concatenate(labels)))
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a CIFAR batch needs nothing else, and
+    a crafted file in ``data_dir`` must not run code (pickle would call any global it names)."""
+
+    ALLOWED = {(f"numpy{core}.{module}", name) for core in ("._core", ".core")
+               for module, name in (("multiarray", "_reconstruct"), ("numeric", "_frombuffer"))
+               } | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name} (only arrays and plain "
+                                     "containers are read)")
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
-    """Load one CIFAR pickle (trusted files only) with its keys as ``str``, py2 files included."""
+    """Load one CIFAR pickle with its keys as ``str``, py2 files included; nothing but arrays
+    and plain containers is constructed."""
     try:
         with path.open("rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = _ArraysOnly(f, encoding="latin1").load()
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as exc:
         raise UserError(f"cannot read CIFAR file {path}: {_one_line(exc)}") from exc
     if not isinstance(obj, dict):

@@ -2,13 +2,15 @@
 
 Built-ins are registered through the same ``register_techniques`` hook as third-party plugins.
 An entry point in the ``automl`` group may name a module (or object) implementing discovery
-hooks, or a Technique subclass directly.
+hooks, or a Technique subclass directly. ``AUTOML_PLUGINS`` (an allow-list) and
+``AUTOML_DISABLE_PLUGINS`` pick which entry points load; a plugin left out is never imported.
 """
 
 from __future__ import annotations
 
 import functools
-from importlib.metadata import entry_points
+import os
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -20,23 +22,30 @@ from automl.technique import Technique
 if TYPE_CHECKING:
     from automl.recipe import Recipe
 
-__all__ = ["ENTRY_POINT_GROUP", "discovery_manager", "plugin_origin", "technique_catalog",
-           "training_manager",
+__all__ = ["ENTRY_POINT_GROUP", "ALLOW_ENV", "DISABLE_ENV", "discovery_manager",
+           "plugin_origin", "skipped_plugins", "technique_catalog", "training_manager",
            "check_technique_hooks", "hook_names"]
 
 ENTRY_POINT_GROUP = "automl"
+ALLOW_ENV = "AUTOML_PLUGINS"  # comma-separated: only these entry points load
+DISABLE_ENV = "AUTOML_DISABLE_PLUGINS"  # comma-separated: these entry points do not load
 _ORIGINS: dict[str, str] = {"builtins": "automl-recipes (built-in)"}
+_SKIPPED: dict[str, str] = {}
 
 
 @functools.cache
 def discovery_manager() -> pluggy.PluginManager:
-    """The process-wide manager: built-ins first, then installed plugins."""
+    """The process-wide manager: built-ins first, then the installed plugins the lists allow
+    (read from the environment once, at the first call)."""
+    selected, skipped = _selected_entry_points()  # a wrong name fails before any import
     import automl.plugins as builtins  # the project's plugins/ folder
 
+    _SKIPPED.clear()
+    _SKIPPED.update(skipped)
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs.DiscoverySpecs)
     pm.register(builtins, name="builtins")
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in selected:
         try:
             obj = ep.load()
         except Exception as exc:  # a broken third-party install must say which one
@@ -47,6 +56,45 @@ def discovery_manager() -> pluggy.PluginManager:
         if ep.dist is not None:
             _ORIGINS[ep.name] = f"{ep.dist.name} {ep.dist.version}"
     return pm
+
+
+def _selected_entry_points() -> tuple[list[EntryPoint], dict[str, str]]:
+    """The installed entry points the allow- and block-lists let through (judged by name, so
+    a left-out plugin is never imported), and why each other one was left out.
+
+    A listed name that is not installed is an error: a typo must not quietly load everything.
+    """
+    installed = entry_points(group=ENTRY_POINT_GROUP)
+    allowed, disabled = _listed(ALLOW_ENV, installed.names), _listed(DISABLE_ENV, installed.names)
+    selected, skipped = [], {}
+    for ep in installed:
+        if allowed is not None and ep.name not in allowed:
+            skipped[ep.name] = f"not in {ALLOW_ENV}"
+        elif disabled is not None and ep.name in disabled:
+            skipped[ep.name] = f"in {DISABLE_ENV}"
+        else:
+            selected.append(ep)
+    return selected, skipped
+
+
+def _listed(variable: str, installed: set[str]) -> set[str] | None:
+    """The plugin names in an environment variable (None when it is unset), all installed."""
+    value = os.environ.get(variable)
+    if value is None:
+        return None
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - installed)
+    if unknown:
+        raise UserError(f"{variable}: no installed plugin named {', '.join(map(repr, unknown))} "
+                        f"(installed: {', '.join(sorted(installed)) or 'none'}; built-ins "
+                        "always load)")
+    return names
+
+
+def skipped_plugins() -> dict[str, str]:
+    """Installed plugins left out by ``AUTOML_PLUGINS`` / ``AUTOML_DISABLE_PLUGINS``, and why."""
+    discovery_manager()
+    return dict(_SKIPPED)
 
 
 def plugin_origin(name: str) -> str:

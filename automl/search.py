@@ -9,14 +9,18 @@ improves, so an interrupted search loses nothing.
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 import warnings
 import weakref
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
@@ -181,14 +185,19 @@ def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
     with _recording(settings, "queueing the trials"):
         plan_trials(study, settings.n_trials, space.baseline_params())
         tried = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(settings.sampler, sampler_seed(settings.seed, tried))
+    study.sampler = make_sampler(settings.sampler, sampler_seed(settings.seed, tried, created))
     return study
 
 
-def sampler_seed(seed: int, tried: int) -> int:
-    """The seed itself for a new study; moved on by the trials already run when resuming, so a
-    resumed search does not draw its first parameters again."""
-    return seed + 7919 * tried
+def sampler_seed(seed: int, tried: int, created: bool) -> int:
+    """The seed itself for the process that creates the study (a sequential search is
+    reproducible); any other process, resuming or joining, mixes in the trials already run and
+    its own identity, so it neither draws the first run's parameters again nor the same ones
+    as a process that joined at the same moment."""
+    if created:
+        return seed
+    host = zlib.crc32(socket.gethostname().encode())
+    return int(np.random.SeedSequence([seed, tried, os.getpid(), host]).generate_state(1)[0])
 
 
 class NonFiniteScore(ArithmeticError):

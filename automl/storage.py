@@ -26,6 +26,7 @@ from automl.errors import UserError
 __all__ = ["open_storage", "shown_storage", "StorageFailed", "storage_failure", "is_rdb_url"]
 
 SQLITE_PREFIX = "sqlite:///"
+TABLE_RACE_RETRIES = 3
 log = logging.getLogger("automl")
 
 
@@ -65,12 +66,7 @@ def storage_failure(exc: BaseException, storage: str | None, doing: str) -> Stor
 def open_storage(storage: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
     """``postgresql://…``/``sqlite:///…`` open an RDB; anything else is a journal file path."""
     if is_rdb_url(storage):
-        try:
-            return RDBStorage(_with_installed_driver(storage),
-                              engine_kwargs=_sqlite_engine(storage))
-        except Exception as exc:  # wrong host, password, database name, missing driver
-            failure = storage_failure(exc, storage, "opening it")
-            raise UserError(str(failure)) from None
+        return _open_rdb(storage)
     path = Path(storage) if storage else run_dir / "study.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = JournalFileSymlinkLock(str(path))
@@ -81,6 +77,22 @@ def open_storage(storage: str | None, run_dir: Path) -> optuna.storages.BaseStor
     finally:
         lock.release()
     return JournalStorage(backend)
+
+
+def _open_rdb(storage: str) -> RDBStorage:
+    """Open a database; processes that all start on a new one race to create Optuna's tables,
+    and the losers retry (the tables exist by then)."""
+    retries = 0
+    while True:
+        try:
+            return RDBStorage(_with_installed_driver(storage),
+                              engine_kwargs=_sqlite_engine(storage))
+        except Exception as exc:  # wrong host, password, database name, missing driver
+            raced = "already exists" in str(exc) or "duplicate key" in str(exc)
+            if not raced or retries == TABLE_RACE_RETRIES:
+                raise UserError(str(storage_failure(exc, storage, "opening it"))) from None
+            retries += 1
+            time.sleep(0.5 * retries)
 
 
 def check_journal(path: Path) -> None:

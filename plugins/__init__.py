@@ -32,6 +32,7 @@ from .random_crop import RandomCrop
 from .random_erasing import RandomErasing
 from .repeated_augmentation import RepeatedAugmentation
 from .stochastic_depth import StochasticDepth
+from .transfer_learning import TransferLearning
 from .triplet_loss import TripletLoss
 from .weight_decay import WeightDecay
 from .weight_init import WeightInit
@@ -45,7 +46,7 @@ BUILTIN_TECHNIQUES = (  # listed (automl techniques, README) in this order
     # resolution
     ProgressiveResizing, FixRes, InferenceResize,
     # regularisation, normalisation and initialisation
-    Dropout, StochasticDepth, GhostBatchNorm, NormLayer, WeightInit, InputNorm,
+    Dropout, StochasticDepth, GhostBatchNorm, NormLayer, WeightInit, TransferLearning, InputNorm,
     # losses
     LabelSmoothing, FocalLoss, ClassWeights, BinaryCrossEntropy, TripletLoss,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -319,6 +320,26 @@ def test_cifar100_pickle_batches(tmp_path):
     assert bundle.num_classes == 100 and bundle.class_names[42] == "class42"
     assert len(bundle.train) + len(bundle.val) == 15 and len(bundle.test) == 3
     assert bundle.test.labels.tolist() == [0, 1, 2]
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a crafted dataset file could carry."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_cifar_file_that_would_run_code_is_refused_without_running_it(tmp_path):
+    _write_cifar10(tmp_path)
+    marker = tmp_path / "ran"
+    _dump(tmp_path / "cifar-10-batches-py" / "data_batch_3", {b"labels": [0], b"data":
+                                                              _Payload(marker)})
+    with pytest.raises(UserError, match=r"data_batch_3: refused to load posix.system"):
+        load_data({"dataset": "cifar10", "data_dir": str(tmp_path)})
+    assert not marker.exists()
 
 
 def test_cifar_missing_files_mentions_download(tmp_path):

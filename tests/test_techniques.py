@@ -104,10 +104,22 @@ def test_catalog_has_the_builtin_techniques():
             "grad_clip", "inference_resize"} <= names
 
 
+@pytest.fixture(scope="module")
+def checkpoint(data, tmp_path_factory):
+    """A weights file for the digits model: the value only a user can give a checkpoint path."""
+    recipe = _recipe({})
+    state = prepare(recipe, data, training_manager(recipe), CPU)
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save(state.model.state_dict(), path)
+    return str(path)
+
+
 @pytest.mark.parametrize(("name", "params"), _cases())
-def test_technique_trains_two_steps(data, name, params):
+def test_technique_trains_two_steps(data, checkpoint, name, params):
     cls = technique_catalog()[name]
     assert set(params) <= set(cls.space)  # the case is inside the technique's own space
+    if params.get("checkpoint") == "":  # transfer_learning's placeholder: a path must be given
+        params = {**params, "checkpoint": checkpoint}
     recipe = _recipe({name: params})
     recorder = Recorder()
     pm = training_manager(recipe, extra_plugins=[recorder])
