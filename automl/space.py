@@ -9,6 +9,7 @@ either fixed scalars or distributions written as ``{type: float|int|categorical,
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,11 @@ __all__ = ["SearchSpace", "TechniqueSpace", "load_space", "parse_space", "sugges
 
 TOP_KEYS = ("model", "data", "epochs", "seed", "techniques", "study")
 DATA_KEYS = ("dataset", "batch_size", "data_dir", "download", "val_fraction", "split_seed",
-             "image_size", "path")
+             "image_size", "path", "workers", "in_memory")
+#: Data keys that say where the files are and how they are read, not what is trained on.
+DATA_ACCESS_KEYS = ("data_dir", "download", "workers", "in_memory")
+SEED_RANGE = (0, 2**63 - 1)  # what torch.manual_seed takes
+SAMPLER_SEED_RANGE = (0, 2**32 - 1)  # what numpy's RandomState (Optuna's samplers) takes
 DEFAULT_STUDY: dict[str, Any] = {
     "sampler": "tpe", "pruner": "hyperband", "n_trials": 20, "timeout": None,
     "metric": "val/acc1", "direction": "maximize", "seed": 0,
@@ -112,9 +117,9 @@ class SearchSpace:
         """What makes trials of this space comparable, as flat strings: model, data (without
         where the files live), epochs, seed, and every technique's parameters and ranges. A
         study stores it, so resuming with another space is caught."""
-        where = ("data_dir", "download")
         items = {"model": self.model, "epochs": str(self.epochs), "seed": str(self.seed),
-                 **{f"data.{k}": repr(v) for k, v in sorted(self.data.items()) if k not in where}}
+                 **{f"data.{k}": repr(v) for k, v in sorted(self.data.items())
+                    if k not in DATA_ACCESS_KEYS}}
         for t in self.techniques.values():
             items[f"{t.name}.enabled"] = "searched" if t.enabled is None else str(t.enabled)
             for p, v in t.params.items():
@@ -157,11 +162,26 @@ def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
 
 
 def _nearest(dist: BaseDistribution, value: Any) -> Any:
+    """The value of ``dist`` closest to ``value``: clipped to the range, then onto the step grid
+    (Optuna would otherwise run an enqueued value that lies off the grid)."""
     if contains(dist, value):
         return value
     if isinstance(dist, CategoricalDistribution):
         return dist.choices[0]
-    return min(max(value, dist.low), dist.high)
+    clipped = min(max(value, dist.low), dist.high)
+    if dist.step is not None:
+        clipped = min(dist.low + round((clipped - dist.low) / dist.step) * dist.step, dist.high)
+    return _typed(dist, clipped)
+
+
+def _typed(dist: BaseDistribution, value: Any) -> Any:
+    """A number as its parameter's type: ``2.0`` for an int parameter is ``2`` (``F.pad`` takes
+    no floats), ``1`` for a float one is ``1.0`` (a recipe reads the same however written)."""
+    if isinstance(dist, IntDistribution):
+        return int(value)
+    if isinstance(dist, FloatDistribution):
+        return float(value)
+    return value
 
 
 def load_space(path: str | Path, catalog: dict[str, type[Technique]]) -> SearchSpace:
@@ -186,7 +206,7 @@ def parse_space(data: Any, lines: Lines, file: str,
     p.expect(_is_int(epochs) and epochs >= 1, ("epochs",),
              f"expected an integer >= 1, got {epochs!r}")
     seed = data.get("seed", 0)
-    p.expect(_is_int(seed), ("seed",), f"expected an integer, got {seed!r}")
+    _expect_seed(p, ("seed",), seed, SEED_RANGE)
     space = SearchSpace(model=model, data=_parse_data(p, data.get("data", {})), epochs=epochs,
                         seed=seed, techniques={}, study=_parse_study(p, data.get("study", {})),
                         source=file)
@@ -235,6 +255,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _expect_seed(p: _Parser, key: tuple[str, ...], value: Any, valid: tuple[int, int]) -> None:
+    low, high = valid
+    p.expect(_is_int(value) and low <= value <= high, key,
+             f"expected an integer in [{low}, {high}], got {value!r}")
+
+
 def _check_model(p: _Parser, model: str) -> None:
     import timm
 
@@ -262,10 +288,16 @@ def _parse_data(p: _Parser, data: Any) -> dict[str, Any]:
         vf = data["val_fraction"]
         p.expect(isinstance(vf, (int, float)) and 0 < vf < 1, ("data", "val_fraction"),
                  f"expected a number in (0, 1), got {vf!r}")
-    for key in ("split_seed", "image_size"):
+    if "split_seed" in data:
+        _expect_seed(p, ("data", "split_seed"), data["split_seed"], SEED_RANGE)
+    for key, least in (("image_size", 1), ("workers", 0)):
         if key in data:
-            p.expect(_is_int(data[key]) and data[key] >= 0, ("data", key),
-                     f"expected a non-negative integer, got {data[key]!r}")
+            p.expect(_is_int(data[key]) and data[key] >= least, ("data", key),
+                     f"expected an integer >= {least}, got {data[key]!r}")
+    if "in_memory" in data:
+        in_memory = data["in_memory"]
+        p.expect(isinstance(in_memory, bool) or in_memory == "auto", ("data", "in_memory"),
+                 f"expected true, false or auto, got {in_memory!r}")
     if "download" in data:
         p.expect(isinstance(data["download"], bool), ("data", "download"), "expected true or false")
     for key in ("data_dir", "path"):
@@ -289,7 +321,7 @@ def _parse_study(p: _Parser, study: Any) -> dict[str, Any]:
     t = out["timeout"]
     p.expect(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0),
              ("study", "timeout"), f"expected seconds > 0, got {t!r}")
-    p.expect(_is_int(out["seed"]), ("study", "seed"), f"expected an integer, got {out['seed']!r}")
+    _expect_seed(p, ("study", "seed"), out["seed"], SAMPLER_SEED_RANGE)
     return out
 
 
@@ -316,8 +348,7 @@ def _parse_technique(p: _Parser, key: tuple[str, ...], cls: type[Technique],
         elif not isinstance(value, BaseDistribution):
             problem = cls.check_value(param, value)
             p.expect(problem is None, pkey, problem or "")
-            if isinstance(default_dist, IntDistribution):
-                value = int(value)
+            value = _typed(default_dist, value)
         params[param] = value
     return TechniqueSpace(cls=cls, enabled=enabled, params=params)
 
@@ -331,10 +362,15 @@ def _parse_distribution(p: _Parser, key: tuple[str, ...], cls: type[Technique], 
         choices = spec.get("choices")
         p.expect(isinstance(choices, list) and len(choices) >= 1, (*key, "choices"),
                  "expected a non-empty list")
+        typed: list[Any] = []
         for i, choice in enumerate(choices):
             problem = cls.check_value(param, choice)
             p.expect(problem is None, (*key, "choices", str(i)), problem or "")
-        return CategoricalDistribution(choices)
+            choice = _typed(base, choice)
+            p.expect(choice not in typed, (*key, "choices", str(i)),
+                     f"{choice!r} is listed twice")
+            typed.append(choice)
+        return CategoricalDistribution(typed)
     p.expect(kind in ("float", "int"), (*key, "type"),
              f"expected float, int or categorical, got {kind!r}")
     p.expect(not isinstance(base, CategoricalDistribution), (*key, "type"),
@@ -353,8 +389,13 @@ def _parse_distribution(p: _Parser, key: tuple[str, ...], cls: type[Technique], 
         p.expect(problem is None, (*key, bound), problem or "")
     log, step = spec.get("log", False), spec.get("step")
     p.expect(isinstance(log, bool), (*key, "log"), "expected true or false")
-    p.expect(step is None or (isinstance(step, (int, float)) and not isinstance(step, bool)
-                              and step > 0), (*key, "step"), f"expected a number > 0, got {step!r}")
+    if kind == "float":
+        p.expect(step is None or (isinstance(step, (int, float)) and not isinstance(step, bool)
+                                  and 0 < step < math.inf), (*key, "step"),
+                 f"expected a number > 0, got {step!r}")
+    else:
+        p.expect(step is None or (_is_int(step) and step >= 1), (*key, "step"),
+                 f"expected an integer >= 1, got {step!r}")
     try:
         if kind == "float":
             return FloatDistribution(float(spec["low"]), float(spec["high"]), log=log, step=step)

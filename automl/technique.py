@@ -9,6 +9,7 @@ the instance in that trial's plugin manager, where its ``@hookimpl`` methods act
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from typing import Any, ClassVar
 
@@ -84,7 +85,13 @@ class Technique:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"expected a number, got {value!r}"
-        if isinstance(dist, IntDistribution) and not float(value).is_integer():
+        try:
+            number = float(value)
+        except OverflowError:
+            return f"{value!r} is too large"
+        if not math.isfinite(number):  # NaN would pass every bound below
+            return f"expected a finite number, got {value!r}"
+        if isinstance(dist, IntDistribution) and not number.is_integer():
             return f"expected an integer, got {value!r}"
         low, high = cls.limits.get(param, (None, None))
         if (low is not None and value < low) or (high is not None and value > high):

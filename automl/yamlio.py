@@ -20,32 +20,45 @@ class _Loader(yaml.SafeLoader):
     """Safe loader that reads ``1e-3`` as a float (YAML 1.1 would read a string)."""
 
 
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+class _Dumper(yaml.SafeDumper):
+    """Safe dumper that quotes a string such as ``"1e3"``, which ``_Loader`` reads as a float."""
+
+
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                   |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                   |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
                    |[-+]?\.(?:inf|Inf|INF)
-                   |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
+                   |\.(?:nan|NaN|NAN))$""", re.X)
+for _resolving in (_Loader, _Dumper):
+    _resolving.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def load_yaml(path: str | Path) -> tuple[Any, Lines]:
     """Read a YAML file into plain Python values and a map from key path to line number."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read file: {exc.strerror or exc}", file=name) from None
-    loader = _Loader(text)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc.reason} at byte {exc.start}", file=name,
+                          line=raw[:exc.start].count(b"\n") + 1) from None
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # a control character, checked before parsing
+        raise ConfigError(f"invalid YAML: {exc.reason} (character #x{exc.character:04x})",
+                          file=name, line=text[:exc.position].count("\n") + 1) from None
     try:
         node = loader.get_single_node()
         lines: Lines = {}
         data = _build(loader, node, (), lines, name) if node is not None else None
     except yaml.MarkedYAMLError as exc:
-        # An unclosed bracket is reported where parsing gave up; its opening line is clearer.
-        unclosed = exc.context_mark is not None and "flow" in (exc.context or "")
+        # An unclosed bracket or quote is reported where parsing gave up; where it opens is
+        # clearer (and inside the file).
+        context = exc.context or ""
+        unclosed = exc.context_mark is not None and ("flow" in context or "quoted" in context)
         mark = exc.context_mark if unclosed else (exc.problem_mark or exc.context_mark)
         line = mark.line + 1 if mark else None
         raise ConfigError(f"invalid YAML: {exc.problem or exc.context}", file=name,
@@ -70,7 +83,7 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple[str, ...], line
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            key = _build(loader, key_node, path, {}, name)
             if not isinstance(key, str):
                 key = str(key)
             if key in result:
@@ -82,12 +95,22 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple[str, ...], line
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, item, (*path, str(i)), lines, name)
                 for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    try:
+        value = loader.construct_object(node, deep=True)
+    except ValueError:  # Python parses no integer of over 4300 digits
+        shown = node.value if len(node.value) <= 24 else node.value[:24] + "..."
+        problem = f"cannot read {shown} as a number"
+    else:  # no setting needs more, and printing it in an error could fail like the above
+        if not (isinstance(value, int) and abs(value) >= 2**64):
+            return value
+        problem = "integer too large (more than 64 bits)"
+    raise ConfigError(problem, file=name, key=".".join(path) or None,
+                      line=node.start_mark.line + 1)
 
 
 def dump_yaml(data: Any) -> str:
     """YAML text with keys in insertion order."""
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 def write_atomic(path: str | Path, text: str) -> None:
