@@ -131,7 +131,8 @@ def _data_options(func):
 @click.option("--n-trials", type=click.IntRange(min=1), help="Total trials the study should hold.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               help="Stop starting new trials after this many seconds.")
-@click.option("--seed", type=int, help="Sampler seed (default: the space's study.seed, 0).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1),
+              help="Sampler seed (default: the space's study.seed, 0).")
 @click.option("--study-name", help="Study name (default: the space file's stem).")
 @_common_run_options
 @click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes", "gp"]))

@@ -31,7 +31,8 @@ def replay(recipe: Recipe, out: Path, *, device: str | None = None,
     model = pm.hook.eval_model(state=state)
     torch.save(model.state_dict(), out / "model.pt")
     record = {"metrics": metrics, "test_evaluations": 1, "history": state.history,
-              "device": str(state.device), "dataset": data.name}
+              "device": str(state.device), "threads": torch.get_num_threads(),
+              "dataset": data.name}
     write_atomic(out / "metrics.json", json.dumps(record, indent=2) + "\n")
     write_atomic(out / "recipe.yaml", recipe.to_yaml())
     return metrics

@@ -35,7 +35,13 @@ from automl.interrupts import Interrupted
 from automl.recipe import Recipe
 from automl.space import SearchSpace
 from automl.state import TrainState
-from automl.storage import StorageFailed, is_rdb_url, open_storage, storage_failure
+from automl.storage import (
+    STORAGE_ERRORS,
+    StorageFailed,
+    is_rdb_url,
+    open_storage,
+    storage_failure,
+)
 from automl.trainer import TrainingDiverged, release_memory, resolve_device, train
 from automl.trial_queue import (
     budget_trials,
@@ -209,9 +215,7 @@ def _recording(settings: SearchSettings, doing: str):
     """Storage calls: an exception from them is a storage failure with its real cause."""
     try:
         yield
-    except (UserError, KeyboardInterrupt):
-        raise
-    except Exception as exc:
+    except STORAGE_ERRORS as exc:
         raise storage_failure(exc, settings.storage, doing) from exc
 
 
@@ -313,6 +317,7 @@ def _train(trial: optuna.Trial, study: optuna.Study, space: SearchSpace,
     trial.set_user_attr("metrics", final)
     trial.set_user_attr("epochs_run", len(history))
     trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+    trial.set_user_attr("threads", torch.get_num_threads())  # CPU results depend on it
     return TrialState.COMPLETE, final[settings.metric]
 
 

@@ -19,15 +19,21 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from automl.errors import UserError
 
-__all__ = ["open_storage", "shown_storage", "StorageFailed", "storage_failure", "is_rdb_url"]
+__all__ = ["open_storage", "shown_storage", "StorageFailed", "storage_failure", "is_rdb_url",
+           "STORAGE_ERRORS"]
 
 SQLITE_PREFIX = "sqlite:///"
 TABLE_RACE_RETRIES = 3
 log = logging.getLogger("automl")
+
+
+#: What a storage raises when it fails: the journal's file system, the database's driver
+#: (SQLAlchemy wraps them all), or Optuna's own storage layer.
+STORAGE_ERRORS = (OSError, SQLAlchemyError, optuna.exceptions.StorageInternalError)
 
 
 class StorageFailed(UserError):

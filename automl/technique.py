@@ -136,7 +136,7 @@ def contains(dist: BaseDistribution, value: Any) -> bool:
 def describe_distribution(dist: BaseDistribution) -> str:
     """Short human form of a distribution, for listings."""
     if isinstance(dist, CategoricalDistribution):
-        return "{" + ", ".join(map(str, dist.choices)) + "}"
+        return "{" + ", ".join(repr(c) if c == "" else str(c) for c in dist.choices) + "}"
     if isinstance(dist, (FloatDistribution, IntDistribution)):
         text = f"[{dist.low}, {dist.high}]"
         if dist.log:

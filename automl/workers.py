@@ -70,7 +70,7 @@ def run_workers(space: SearchSpace, settings: SearchSettings, devices: list[str 
     processes = [
         context.Process(target=_worker, name=f"automl-worker-{k}",
                         args=(space, replace(settings, jobs=1, gpus=None, device=device,
-                                             seed=settings.seed + k), threads))
+                                             seed=(settings.seed + k) % 2**32), threads))
         for k, device in enumerate(devices)]
     for process in processes:
         process.start()

@@ -248,3 +248,19 @@ def test_the_checkpoint_must_be_a_path_and_freeze_epochs_not_negative():
     assert cls.check_value("checkpoint", "") == "expected the path of a weights file, got ''"
     assert cls.check_value("checkpoint", 3) == "expected the path of a weights file, got 3"
     assert cls.check_value("freeze_epochs", -1) == "-1 is outside the valid range [0, None]"
+
+
+def test_a_space_must_name_the_checkpoint_unless_transfer_learning_is_off(tmp_path):
+    from automl.discovery import technique_catalog
+    from automl.errors import ConfigError
+    from automl.space import load_space
+
+    path = tmp_path / "space.yaml"
+    text = ("model: automl_resnet8\ndata: {dataset: digits}\nepochs: 1\ntechniques:\n"
+            "  optimizer: {}\n  transfer_learning: %s\n")
+    path.write_text(text % "{}")
+    with pytest.raises(ConfigError, match=r"space.yaml:6: techniques.transfer_learning."
+                                          r"checkpoint: must be set here"):
+        load_space(path, technique_catalog())
+    path.write_text(text % "false")
+    assert load_space(path, technique_catalog()).techniques["transfer_learning"].enabled is False
