@@ -20,10 +20,10 @@ search's wall time.
 - model build: ``automl.trainer.prepare`` (model, optimizer, scheduler, loss, EMA copy);
 - evaluation: ``automl.trainer.evaluate`` (validation after the epoch);
 - export: writing ``best_recipe.yaml`` (after each new best, and once at the end);
-- gc: garbage collections outside training (Optuna's ``gc_after_trial``, the search's
-  ``release_memory`` after each trial, automatic collections between epochs and trials);
-- other: the remainder (Optuna's trial bookkeeping, the objective's glue, the one-time study
-  setup amortised over the trials).
+- gc: garbage collections outside training (the search's ``release_memory`` after each
+  trial, automatic collections between epochs and trials);
+- other: the remainder (the trial loop's glue, the heartbeat thread's start and stop, the
+  one-time study setup amortised over the trials).
 
 ``run_search`` opens its storage with ``automl.storage.open_storage``, which gives a journal
 file or an RDB, never memory; for the in-memory run the bench replaces that one call (in
@@ -180,13 +180,13 @@ class EpochTimer:
 
 
 def storage_methods(storage: optuna.storages.BaseStorage) -> list[str]:
-    """Every public method, plus the stale-trial query heartbeat storages run per trial.
+    """Every public method (the trial queue, the stale-trial sweep and the heartbeats call
+    only these).
 
     An RDB is timed through the cache layer Optuna puts in front of it (``get_storage``), the
     object the study calls: its reads of the database go through private methods.
     """
-    names = [n for n in dir(type(storage)) if not n.startswith("_")]
-    return [*names, "_get_stale_trial_ids"]
+    return [n for n in dir(type(storage)) if not n.startswith("_")]
 
 
 def instrumented(ledger: Ledger, kind: str) -> ExitStack:
