@@ -172,8 +172,8 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
             study = run_search(parsed, settings, ConsoleReporter(settings.metric))
         except Interrupted as exc:
             kept = f"; best recipe so far: {best}" if best.exists() else ""
-            click.echo(f"\nstopped by {exc.name}: the running trial is marked failed and "
-                       f"will be retried when the same command is run again{kept}", err=True)
+            click.echo(f"\nstopped by {exc.name}: running trials are marked failed and queued "
+                       f"again; run the same command to resume{kept}", err=True)
             sys.exit(exc.exit_code)
     click.echo("\n" + trials_table(study, settings.metric))
     if best.exists():
