@@ -67,16 +67,18 @@ def journal_study(run_dir: Path, name: str = "faults") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def wait_for_running_trial(process: subprocess.Popen, run_dir: Path,
-                           after_complete: int = 0) -> int:
+def wait_for_running_trial(process: subprocess.Popen, run_dir: Path, after_complete: int = 0,
+                           storage: optuna.storages.BaseStorage | None = None) -> int:
     """Wait until a trial is mid-training (an epoch reported), after ``after_complete`` trials
-    completed; its number."""
+    completed; its number. ``storage``: the study's, when not the run dir's journal file."""
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        if (run_dir / "study.journal").exists():
+        if storage is not None or (run_dir / "study.journal").exists():
             try:
-                trials = journal_study(run_dir).get_trials(deepcopy=False)
+                study = optuna.load_study(study_name="faults", storage=storage) \
+                    if storage is not None else journal_study(run_dir)
+                trials = study.get_trials(deepcopy=False)
             except KeyError:  # the study is not created yet
                 trials = []
             done = sum(t.state == TrialState.COMPLETE for t in trials)
@@ -88,27 +90,37 @@ def wait_for_running_trial(process: subprocess.Popen, run_dir: Path,
     raise AssertionError("no trial started training in time")
 
 
-def test_killed_worker_trial_fails_on_restart_and_its_parameters_run_once_more(tmp_path):
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_killed_worker_trial_fails_on_restart_and_its_parameters_run_once_more(tmp_path, kind):
     space = write_space(tmp_path, epochs=6, n_trials=3)
     run_dir = tmp_path / "run"
-    process = start_search(space, run_dir)
-    killed = wait_for_running_trial(process, run_dir)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    options = ("--storage", url) if kind == "sqlite" else ()
+    storage = optuna.storages.RDBStorage(url) if kind == "sqlite" else None
+
+    def study() -> optuna.Study:
+        if storage is None:
+            return journal_study(run_dir)
+        return optuna.load_study(study_name="faults", storage=storage)
+
+    process = start_search(space, run_dir, *options)
+    killed = wait_for_running_trial(process, run_dir, storage=storage)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert journal_study(run_dir).trials[killed].state == TrialState.RUNNING
+    assert study().trials[killed].state == TrialState.RUNNING
 
     other = tmp_path / "other"
     other.mkdir()
-    rerun = start_search(write_space(other, epochs=1, n_trials=3), run_dir)
+    rerun = start_search(write_space(other, epochs=1, n_trials=3), run_dir, *options)
     out, err = rerun.communicate(timeout=300)
     # The rerun's space has another epochs value: it must be refused, nothing touched.
     assert rerun.returncode == 2 and "another space: epochs was 6, now 1" in err
 
-    rerun = start_search(space, run_dir)
+    rerun = start_search(space, run_dir, *options)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     assert "Traceback" not in err
-    trials = journal_study(run_dir).get_trials(deepcopy=False)
+    trials = study().get_trials(deepcopy=False)
     stale = trials[killed]
     assert stale.state == TrialState.FAIL
     assert stale.user_attrs["fail_reason"].startswith("worker died (pid ")
