@@ -128,7 +128,8 @@ def _data_options(func):
 
 @cli.command()
 @click.argument("space", default="default")
-@click.option("--n-trials", type=click.IntRange(min=1), help="Total trials the study should hold.")
+@click.option("--n-trials", type=click.IntRange(min=1),
+              help="The study's budget of trials, shared by every process that works on it.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
               help="Stop starting new trials after this many seconds.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1),
@@ -148,7 +149,9 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
            jobs, gpus, compile, data_dir, download):
     """Search recipes over SPACE (a YAML file or a shipped space name; default: `default`).
 
-    Running the same command again resumes the study until it holds --n-trials trials.
+    Running the same command again resumes the study until its --n-trials trials have run;
+    the same command on other machines (one --storage database) joins the study. Ctrl-C
+    (exit 130) or SIGTERM (exit 143) marks the running trials failed and queues them again.
     The best recipe is kept in DIR/best_recipe.yaml, rewritten whenever the best improves.
     """
     from automl.discovery import technique_catalog
