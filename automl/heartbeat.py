@@ -58,8 +58,7 @@ def _alive(worker: dict) -> bool:
 def beating(study: optuna.Study, trial: optuna.Trial):
     """Mark the trial as run by this process and keep its heartbeat going while inside."""
     storage, trial_id = study._storage, trial._trial_id
-    storage.set_trial_system_attr(trial_id, WORKER, _this_worker())
-    storage.set_trial_system_attr(trial_id, BEAT, time.time())
+    storage.set_trial_system_attr(trial_id, WORKER, _this_worker())  # the claim is beat 0
     stop = threading.Event()
 
     def beat() -> None:
@@ -92,12 +91,11 @@ def stale_reason(trial: FrozenTrial, now: float, host: str) -> str | None:
     return None
 
 
-def sweep_stale(study: optuna.Study) -> list[int]:
-    """Fail every stale trial with its reason and retry its parameters once; the numbers of
-    the trials this process failed (another process may win the race for some)."""
+def sweep_stale(study: optuna.Study) -> None:
+    """Fail every stale trial with its reason and retry its parameters once (when two
+    processes sweep the same trial, the storage lets one of them fail it)."""
     now, host = time.time(), socket.gethostname()
     storage = study._storage
-    swept = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = stale_reason(trial, now, host)
         if reason is None:
@@ -109,5 +107,3 @@ def sweep_stale(study: optuna.Study) -> list[int]:
         except UpdateFinishedTrialError:
             continue  # another process swept it first
         retry_once(study, trial)
-        swept.append(trial.number)
-    return swept

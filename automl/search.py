@@ -247,23 +247,24 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, space: SearchSpace,
                catalog: dict, device: torch.device) -> None:
     """Train one claimed trial and record how it ended; a signal fails it and is re-raised."""
     model: list[weakref.ref] = []  # the trial's model, to check that it was freed
-    with _recording(settings, f"running trial {trial.number}"), beating(study, trial):
-        try:
-            state, value = _train(trial, study, space, settings, reporter, data, catalog,
-                                  device, model)
-        except KeyboardInterrupt as exc:
-            name = exc.name if isinstance(exc, Interrupted) else "SIGINT"
-            trial.set_user_attr("fail_reason", f"interrupted ({name})")
-            study.tell(trial, state=TrialState.FAIL)
-            retry_once(study, study._storage.get_trial(trial._trial_id))
-            release_memory(device, model[0] if model else None)
-            raise
-        try:
-            study.tell(trial, value, state=state)
-        except UpdateFinishedTrialError:  # swept as stale by another process meanwhile
-            pass
-        frozen = study._storage.get_trial(trial._trial_id)
-    release_memory(device, model[0] if model else None)
+    try:
+        with _recording(settings, f"running trial {trial.number}"), beating(study, trial):
+            try:
+                state, value = _train(trial, study, space, settings, reporter, data, catalog,
+                                      device, model)
+            except KeyboardInterrupt as exc:
+                name = exc.name if isinstance(exc, Interrupted) else "SIGINT"
+                trial.set_user_attr("fail_reason", f"interrupted ({name})")
+                study.tell(trial, state=TrialState.FAIL)
+                retry_once(study, trial)
+                raise
+            try:
+                study.tell(trial, value, state=state)
+            except UpdateFinishedTrialError:  # swept as stale by another process meanwhile
+                pass
+            frozen = study._storage.get_trial(trial._trial_id)
+    finally:
+        release_memory(device, model[0] if model else None)
     new_best = frozen.state == TrialState.COMPLETE and study.best_trial.number == frozen.number
     if new_best:
         export_best(study, settings.run_dir)

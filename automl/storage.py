@@ -116,14 +116,13 @@ def check_journal(path: Path) -> None:
         return
     try:
         json.loads(torn)
-        whole = True  # a complete record that lost only its newline
     except ValueError:
-        whole = False
-    line = complete.count(b"\n") + (2 if complete else 1)
-    if whole:
+        pass
+    else:  # a complete record that lost only its newline
         with open(path, "ab") as f:
             f.write(b"\n")
         return
+    line = complete.count(b"\n") + (2 if complete else 1)
     aside = path.with_name(f"{path.name}.torn")
     with open(aside, "ab") as f:
         f.write(time.strftime("# %Y-%m-%d %H:%M:%S\n").encode() + torn + b"\n")

@@ -75,24 +75,21 @@ def claim_trial(study: optuna.Study, retries_only: bool = False) -> optuna.Trial
     return None
 
 
-def retry_once(study: optuna.Study, trial: FrozenTrial) -> bool:
+def retry_once(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> None:
     """Queue the trial's parameters again, unless the trial already was a retry."""
     if RETRY_OF in trial.user_attrs:
-        return False
+        return
     attrs = {RETRY_OF: trial.number}
     if trial.user_attrs.get("baseline"):
         attrs["baseline"] = True
     study.enqueue_trial(dict(trial.params), user_attrs=attrs)
-    return True
 
 
 def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
-    """The number of a finished trial with exactly this trial's parameters (not the one it
-    retries): training it again would only repeat that result."""
-    frozen = study._storage.get_trial(trial._trial_id)
-    retried = frozen.user_attrs.get(RETRY_OF)
+    """The number of a completed or pruned trial with exactly this trial's parameters:
+    training it again would only repeat that result. (A retried trial is FAIL, never one.)"""
     for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                           TrialState.PRUNED)):
-        if other.number not in (trial.number, retried) and other.params == frozen.params:
+        if other.params == trial.params:
             return other.number
     return None
