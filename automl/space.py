@@ -343,8 +343,8 @@ def _parse_technique(p: _Parser, key: tuple[str, ...], cls: type[Technique],
     for param, default_dist in cls.space.items():
         pkey = (*key, param)
         value = entry.get(param, default_dist)
-        if param not in entry and enabled is not False:  # a value only the user can give
-            p.expect(_own_choices_valid(cls, param, default_dist), pkey,
+        if param not in entry and enabled is not False:
+            p.expect(param not in cls.user_set_params(), pkey,
                      f"must be set here ({cls.check_value(param, cls.defaults[param])})")
         if isinstance(value, dict):
             value = _parse_distribution(p, pkey, cls, param, value)
@@ -354,13 +354,6 @@ def _parse_technique(p: _Parser, key: tuple[str, ...], cls: type[Technique],
             value = _typed(default_dist, value)
         params[param] = value
     return TechniqueSpace(cls=cls, enabled=enabled, params=params)
-
-
-def _own_choices_valid(cls: type[Technique], param: str, dist: BaseDistribution) -> bool:
-    """Whether the technique's own space for ``param`` is usable as it stands (a checkpoint
-    path, say, is not: its placeholder choice fails the technique's own check)."""
-    return not isinstance(dist, CategoricalDistribution) or \
-        all(cls.check_value(param, choice) is None for choice in dist.choices)
 
 
 def _parse_distribution(p: _Parser, key: tuple[str, ...], cls: type[Technique], param: str,

@@ -99,6 +99,14 @@ class Technique:
         return None
 
     @classmethod
+    def user_set_params(cls) -> list[str]:
+        """Parameters a space must set itself: the technique's own choices are placeholders
+        that its own check refuses (a checkpoint path is a value only the user can give)."""
+        return [param for param, dist in cls.space.items()
+                if isinstance(dist, CategoricalDistribution)
+                and any(cls.check_value(param, choice) is not None for choice in dist.choices)]
+
+    @classmethod
     def max_epoch_factor(cls, params: dict[str, Any]) -> float:
         """The most this technique can multiply a recipe's epochs by, given its part of a
         space (values fixed or distributions); the pruner's budget spans it. Default 1."""

@@ -32,14 +32,8 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 CATALOG = technique_catalog()
 
 
-def _self_contained(cls: type[Technique]) -> bool:
-    """Whether every value of the technique's own space is valid in a recipe (a checkpoint
-    path, say, is a value only the user can give)."""
-    return all(cls.check_value(param, choice) is None for param, dist in cls.space.items()
-               if isinstance(dist, CategoricalDistribution) for choice in dist.choices)
-
-
-GENERATED = sorted(name for name, cls in CATALOG.items() if _self_contained(cls))
+# Techniques whose own space is usable as it stands (not one needing a user's checkpoint path).
+GENERATED = sorted(name for name, cls in CATALOG.items() if not cls.user_set_params())
 # Derandomized in CI, so a run there is repeatable; no example database in the checkout.
 PROPERTY = settings(max_examples=60, deadline=None, database=None,
                     derandomize=os.environ.get("CI", "").lower() == "true",

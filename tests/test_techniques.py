@@ -118,7 +118,8 @@ def checkpoint(data, tmp_path_factory):
 def test_technique_trains_two_steps(data, checkpoint, name, params):
     cls = technique_catalog()[name]
     assert set(params) <= set(cls.space)  # the case is inside the technique's own space
-    if params.get("checkpoint") == "":  # transfer_learning's placeholder: a path must be given
+    if cls.user_set_params():  # transfer_learning: its checkpoint path, the one such value
+        assert cls.user_set_params() == ["checkpoint"]
         params = {**params, "checkpoint": checkpoint}
     recipe = _recipe({name: params})
     recorder = Recorder()
