@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from automl.errors import ConfigError
+from automl.errors import ConfigError, exception_line
 
 __all__ = ["LoadReport", "load_matching", "load_weights"]
 
@@ -37,7 +37,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(exc, pickle.UnpicklingError) and str(exc).startswith("Weights only"):
             raise ConfigError(f"not a plain weights file (weights_only refused it: "
                               f"{_refusal_reason(str(exc))})", file=str(path)) from None
-        raise ConfigError(f"not a PyTorch weights file ({_one_line(exc)})",
+        raise ConfigError(f"not a PyTorch weights file ({exception_line(exc)})",
                           file=str(path)) from None
     return _state_dict(obj, path)
 
@@ -65,11 +65,6 @@ def _refusal_reason(text: str) -> str:
     reasons = [line for line in lines[1:]
                if not line.startswith(("Check the documentation", "Please file an issue"))]
     return reasons[0] if reasons else lines[0]
-
-
-def _one_line(exc: BaseException) -> str:
-    message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 @dataclass

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def exception_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (``Type`` alone when there is no message): how errors
+    of libraries are quoted inside ours."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
 class UserError(Exception):
     """A mistake the user can fix (bad file, unknown name, missing data)."""
 

@@ -11,6 +11,8 @@ import traceback
 import pluggy
 import torch
 
+from automl.errors import exception_line
+
 __all__ = ["failure_reason", "raising_hook"]
 
 OOM = "oom"
@@ -21,8 +23,7 @@ def failure_reason(exc: BaseException, pm: pluggy.PluginManager | None) -> str:
     technique's hook raised (``Type: message`` when the core did)."""
     if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
         return OOM
-    message = " ".join(str(exc).split())
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = exception_line(exc)
     where = raising_hook(exc, pm) if pm is not None else None
     return f"plugin {where[0]}, hook {where[1]}: {text}" if where else text
 

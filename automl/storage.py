@@ -21,7 +21,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from automl.errors import UserError
+from automl.errors import UserError, exception_line
 
 __all__ = ["open_storage", "shown_storage", "StorageFailed", "storage_failure", "is_rdb_url",
            "STORAGE_ERRORS"]
@@ -59,14 +59,12 @@ def shown_storage(storage: str) -> str:
 
 def storage_failure(exc: BaseException, storage: str | None, doing: str) -> StorageFailed:
     """A storage exception as one line naming the storage (password masked) and the cause."""
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    message = message.split(" (Background on this error at:")[0]  # SQLAlchemy's link
+    message = exception_line(exc).split(" (Background on this error at:")[0]  # SQLAlchemy link
     password = _password(storage)
     if password:
         message = message.replace(password, "***")
     where = shown_storage(storage) if storage else "the journal file"
-    return StorageFailed(f"storage {where} failed while {doing}: "
-                         f"{type(exc).__name__}: {message}")
+    return StorageFailed(f"storage {where} failed while {doing}: {message}")
 
 
 def open_storage(storage: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
