@@ -242,9 +242,17 @@ def export(study_name, out, storage, trial_number, output):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output directory (default: runs/train-RECIPE_STEM).")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1),
+              help="Training seed (default: the recipe's seed).")
+@click.option("--train-fraction", type=click.FloatRange(0, 1, min_open=True),
+              help="Train on this stratified part of the training split (default: 1, all of "
+                   "it, even when the search used less).")
+@click.option("--include-val", is_flag=True,
+              help="Train on training + validation images (a final model; val scores are then "
+                   "not held out).")
 @_compile_option
 @_data_options
-def train(recipe, out, device, compile, data_dir, download):
+def train(recipe, out, device, seed, train_fraction, include_val, compile, data_dir, download):
     """Retrain RECIPE, evaluate the test split once, save weights and metrics."""
     from automl.discovery import technique_catalog
     from automl.recipe import load_recipe
@@ -255,12 +263,19 @@ def train(recipe, out, device, compile, data_dir, download):
     parsed = load_recipe(recipe, technique_catalog())
     _apply_data_options(parsed.data, data_dir, download)
     out = out or Path("runs") / f"train-{recipe.stem}"
+    searched_fraction = parsed.data.get("train_fraction", 1)
+    if train_fraction is None and searched_fraction < 1:
+        click.echo(f"training on all of the training split (the search used train_fraction "
+                   f"{searched_fraction})")
+    held_out = "  (not held out: --include-val)" if include_val else ""
 
     def progress(epoch, epochs, metrics):
         click.echo(f"epoch {epoch:>3}/{epochs}  train/loss {metrics['train/loss']:.4f}  "
-                   f"val/acc1 {metrics['val/acc1']:.4f}")
+                   f"val/acc1 {metrics['val/acc1']:.4f}{held_out}")
 
-    metrics = replay(parsed, out, device=device, progress=progress, compile=compile)
+    metrics = replay(parsed, out, device=device, progress=progress, compile=compile, seed=seed,
+                     train_fraction=1.0 if train_fraction is None else train_fraction,
+                     include_val=include_val)
     click.echo(f"test/acc1 {metrics['test/acc1']:.4f}  test/balanced_acc "
                f"{metrics['test/balanced_acc']:.4f}  test/loss {metrics['test/loss']:.4f}")
     click.echo(f"saved {out / 'model.pt'}, {out / 'metrics.json'}, {out / 'recipe.yaml'}")

@@ -5,7 +5,9 @@ once and each trial only indexes and normalizes batches (on the GPU when there i
 folder too large for that stays on disk as :class:`ImageFiles`: DataLoader workers decode and
 resize each batch, and augmentation still runs batched on the device. The validation split is a
 seeded stratified cut from the official training set; the official test split is never
-touched by a search.
+touched by a search. ``train_fraction`` trains on a seeded stratified part of what is left after
+that cut (the validation split does not depend on it); :func:`with_validation_in_train` adds the
+validation images to the training split for a final model.
 
 Only the downloaders of torchvision are used; the files are read by the small readers below, so
 results do not depend on torchvision's dataset classes.
@@ -42,6 +44,7 @@ __all__ = [
     "stats_sample",
     "stratified_split",
     "with_fewer_samples",
+    "with_validation_in_train",
 ]
 
 DEFAULT_DATA_DIR = "~/.cache/automl/data"
@@ -132,13 +135,13 @@ class DataBundle:
     """Everything a trial needs about its data; shared (cached) within a process, do not mutate."""
 
     name: str
-    train: Split  # what the search trains on
+    train: Split  # what the search trains on (``train_fraction`` of the non-validation images)
     val: Split  # seeded stratified cut from the training set
     test: Split  # the official test split (never used by a search)
     num_classes: int
     in_chans: int
     image_size: int  # H (== W) of the stored images
-    mean: tuple[float, ...]  # per-channel mean of train.images / 255
+    mean: tuple[float, ...]  # per-channel mean of train.images / 255 (the images trained on)
     std: tuple[float, ...]  # per-channel std of train.images / 255
     class_names: list[str]
 
@@ -149,7 +152,7 @@ DATASETS: dict[str, Loader] = {}
 _CACHE_KEYS: dict[str, tuple[str, ...] | None] = {}
 _SOURCES: dict[tuple, tuple[Split, Split, list[str]]] = {}
 _BUNDLES: dict[tuple, DataBundle] = {}
-_SPLIT_KEYS = ("val_fraction", "split_seed", "download")
+_SPLIT_KEYS = ("val_fraction", "split_seed", "train_fraction", "download")
 
 
 def register_dataset(name: str, *, config_keys: Sequence[str] | None = None
@@ -185,13 +188,14 @@ def load_data(config: Mapping[str, Any]) -> DataBundle:
     """Load (once per process) the dataset described by the ``data:`` config mapping."""
     cfg = _normalize_config(config)
     source_key = _source_key(cfg)
-    bundle_key = (source_key, cfg["val_fraction"], cfg["split_seed"])
+    bundle_key = (source_key, cfg["val_fraction"], cfg["split_seed"], cfg["train_fraction"])
     if bundle_key not in _BUNDLES:
         if source_key not in _SOURCES:
             _SOURCES[source_key] = DATASETS[cfg["dataset"]](cfg)
         train_full, test, names = _SOURCES[source_key]
         _BUNDLES[bundle_key] = _build_bundle(
-            cfg["dataset"], train_full, test, names, cfg["val_fraction"], cfg["split_seed"])
+            cfg["dataset"], train_full, test, names, cfg["val_fraction"], cfg["split_seed"],
+            cfg["train_fraction"])
     return _BUNDLES[bundle_key]
 
 
@@ -207,6 +211,15 @@ def with_fewer_samples(data: DataBundle, classes: Sequence[int], keep: float,
         idx = idx[torch.randperm(len(idx), generator=generator)]
         kept[idx[max(1, round(len(idx) * keep)):]] = False
     train = _subset(data.train, kept.nonzero().flatten())
+    mean, std = _channel_stats(stats_sample(train))
+    return replace(data, train=train, mean=mean, std=std)
+
+
+def with_validation_in_train(data: DataBundle) -> DataBundle:
+    """``data`` whose training split is train + val (for a final model only): ``val`` is still
+    there to report on, but its scores are then not held out. Normalization statistics are
+    computed again on the images now trained on; test stays as it is."""
+    train = _concat(data.train, data.val)
     mean, std = _channel_stats(stats_sample(train))
     return replace(data, train=train, mean=mean, std=std)
 
@@ -265,6 +278,7 @@ def _normalize_config(config: Mapping[str, Any]) -> dict[str, Any]:
     cfg["data_dir"] = str(Path(data_dir).expanduser().resolve())
     cfg["download"] = _bool_key(cfg, "download", False)
     cfg["val_fraction"] = _fraction_key(cfg, "val_fraction", 0.1)
+    cfg["train_fraction"] = _fraction_key(cfg, "train_fraction", 1.0, include_one=True)
     cfg["split_seed"] = _int_key(cfg, "split_seed", 0, minimum=0)
     return cfg
 
@@ -276,10 +290,13 @@ def _bool_key(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
     return value
 
 
-def _fraction_key(cfg: Mapping[str, Any], key: str, default: float) -> float:
+def _fraction_key(cfg: Mapping[str, Any], key: str, default: float, *,
+                  include_one: bool = False) -> float:
     value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise ConfigError(f"must be a number in (0, 1), got {value!r}", key=f"data.{key}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < value < 1 or (include_one and value == 1)):
+        interval = "(0, 1]" if include_one else "(0, 1)"
+        raise ConfigError(f"must be a number in {interval}, got {value!r}", key=f"data.{key}")
     return float(value)
 
 
@@ -300,14 +317,20 @@ def _source_key(cfg: Mapping[str, Any]) -> tuple:
 
 
 def _build_bundle(name: str, train_full: Split, test: Split, class_names: list[str],
-                  val_fraction: float, split_seed: int) -> DataBundle:
-    """Cut val from the full training set and compute normalization stats on train only."""
+                  val_fraction: float, split_seed: int, train_fraction: float = 1.0
+                  ) -> DataBundle:
+    """Cut val from the full training set, keep ``train_fraction`` of the rest (stratified,
+    seeded, at least one image per class) and compute normalization stats on that part only."""
     _check_consistent(name, train_full, test, class_names)
     keep, cut = stratified_split(train_full.labels, val_fraction, split_seed)
     train, val = _subset(train_full, keep), _subset(train_full, cut)
     if len(val) == 0 or len(test) == 0:
         raise UserError(f"dataset {name}: too few images to cut validation and test sets "
                         f"({len(train_full)} training, {len(test)} test); add images per class")
+    if train_fraction < 1.0:
+        # Dropping 1 - fraction keeps the kept side non-empty for every class.
+        train = _subset(train, stratified_split(train.labels, 1.0 - train_fraction,
+                                                split_seed)[0])
     mean, std = _channel_stats(stats_sample(train))
     return DataBundle(name=name, train=train, val=val, test=test,
                       num_classes=len(class_names), in_chans=train.images.shape[1],
@@ -335,6 +358,17 @@ def _subset(split: Split, idx: torch.Tensor) -> Split:
     if isinstance(split.images, ImageFiles):
         return Split(split.images.subset(idx), split.labels[idx].contiguous())
     return Split(split.images[idx].contiguous(), split.labels[idx].contiguous())
+
+
+def _concat(first: Split, second: Split) -> Split:
+    if isinstance(first.images, ImageFiles) or isinstance(second.images, ImageFiles):
+        if not (isinstance(first.images, ImageFiles) and isinstance(second.images, ImageFiles)):
+            raise ValueError("cannot join an in-memory split with an on-disk one")
+        images = ImageFiles(first.images.paths + second.images.paths, first.images.size,
+                            first.images.workers)
+        return Split(images, torch.cat([first.labels, second.labels]))
+    return Split(torch.cat([first.images, second.images]).contiguous(),
+                 torch.cat([first.labels, second.labels]))
 
 
 def stats_sample(split: Split) -> torch.Tensor:

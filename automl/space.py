@@ -35,8 +35,10 @@ __all__ = ["SearchSpace", "TechniqueSpace", "load_space", "parse_space", "sugges
            "DEFAULT_STUDY", "DATA_KEYS"]
 
 TOP_KEYS = ("model", "data", "epochs", "seed", "techniques", "study")
+#: ``include_val`` is deliberately not one: training on the validation split is for a final
+#: model only (``automl train --include-val``); a search that names it is refused.
 DATA_KEYS = ("dataset", "batch_size", "data_dir", "download", "val_fraction", "split_seed",
-             "image_size", "path", "workers", "in_memory")
+             "train_fraction", "image_size", "path", "workers", "in_memory")
 #: Data keys that say where the files are and how they are read, not what is trained on.
 DATA_ACCESS_KEYS = ("data_dir", "download", "workers", "in_memory")
 SEED_RANGE = (0, 2**63 - 1)  # what torch.manual_seed takes
@@ -288,6 +290,10 @@ def _parse_data(p: _Parser, data: Any) -> dict[str, Any]:
         vf = data["val_fraction"]
         p.expect(isinstance(vf, (int, float)) and 0 < vf < 1, ("data", "val_fraction"),
                  f"expected a number in (0, 1), got {vf!r}")
+    if "train_fraction" in data:
+        tf = data["train_fraction"]
+        p.expect(isinstance(tf, (int, float)) and not isinstance(tf, bool) and 0 < tf <= 1,
+                 ("data", "train_fraction"), f"expected a number in (0, 1], got {tf!r}")
     if "split_seed" in data:
         _expect_seed(p, ("data", "split_seed"), data["split_seed"], SEED_RANGE)
     for key, least in (("image_size", 1), ("workers", 0)):

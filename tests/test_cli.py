@@ -556,3 +556,86 @@ def test_search_help_documents_the_parallel_and_compile_options():
     text = invoke("search", "--help").output
     for option in ("--jobs", "--gpus", "--compile"):
         assert option in text
+
+
+# --- train options: --seed, --train-fraction, --include-val (in-process, one epoch) ----------
+
+
+@pytest.fixture
+def subset_recipe(tmp_path, monkeypatch):
+    """r.yaml: the baseline recipe, one epoch, searched on train_fraction 0.25; the cwd."""
+    recipe = baseline_recipe(epochs=1)
+    recipe["data"]["train_fraction"] = 0.25
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _train(*options: str) -> tuple[Result, dict, dict]:
+    """`automl train r.yaml --device cpu OPTIONS` (--out first): output, metrics.json, recipe."""
+    result = invoke("train", "r.yaml", "--device", "cpu", *options)
+    assert result.exit_code == 0, result.output
+    out = Path(options[options.index("--out") + 1])
+    return (result, json.loads((out / "metrics.json").read_text()),
+            yaml.safe_load((out / "recipe.yaml").read_text()))
+
+
+def test_train_seed_changes_the_run_and_equal_seeds_reproduce(subset_recipe):
+    runs = [_train("--out", out, "--seed", seed, "--train-fraction", "0.25")
+            for out, seed in (("A", "1"), ("B", "1"), ("C", "2"))]
+    (_, first, recipe), (_, again, _), (_, other, _) = runs
+    assert first["seed"] == again["seed"] == 1 and other["seed"] == 2
+    assert recipe["seed"] == 1  # the recipe written is the one trained
+    assert first["history"] == again["history"] and first["metrics"] == again["metrics"]
+    weights = [torch.load(subset_recipe / out / "model.pt", weights_only=True)
+               for out in ("A", "B", "C")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert first["history"][0]["train/loss"] != other["history"][0]["train/loss"]
+    assert any(not torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_train_fraction_and_include_val_are_recorded(subset_recipe):
+    result, record, recipe = _train("--out", "T", "--train-fraction", "0.5", "--include-val")
+    assert (record["seed"], record["train_fraction"], record["include_val"]) == (0, 0.5, True)
+    assert record["val_held_out"] is False and "not held out" in record["note"]
+    assert recipe["data"]["train_fraction"] == 0.5 and recipe["seed"] == 0
+    epoch_lines = re.findall(r"^epoch\s+\d+/\d+.*$", result.output, re.M)
+    assert len(epoch_lines) == 1 and all("not held out" in line for line in epoch_lines)
+    assert "all of the training split" not in result.output
+
+
+def test_train_uses_all_of_the_training_split_unless_told_otherwise(subset_recipe):
+    result, record, recipe = _train("--out", "T")
+    assert result.output.splitlines()[0] == \
+        "training on all of the training split (the search used train_fraction 0.25)"
+    assert (record["seed"], record["train_fraction"], record["include_val"]) == (0, 1.0, False)
+    assert record["val_held_out"] is True and "note" not in record
+    assert "train_fraction" not in recipe["data"]  # 1, the default
+    assert "not held out" not in result.output
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ("{dataset: digits, batch_size: 128, include_val: true}", "data.include_val: unknown key"),
+    ("{dataset: digits, batch_size: 128, train_fraction: 0}",
+     "data.train_fraction: expected a number in (0, 1], got 0"),
+])
+def test_search_refuses_include_val_and_a_bad_train_fraction(space_dir, data, message):
+    (space_dir / "bad.yaml").write_text((TINY % {"epochs": 1}).replace(
+        "{dataset: digits, batch_size: 128}", data))
+    result = invoke("search", "bad.yaml", "--out", "RUN")
+    assert result.exit_code == 2
+    assert message in error_line(result)
+    assert not (space_dir / "RUN").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1.5"])
+def test_train_refuses_a_train_fraction_outside_0_1(subset_recipe, value):
+    result = invoke("train", "r.yaml", "--out", "T", "--train-fraction", value)
+    assert result.exit_code == 2 and "--train-fraction" in result.output
+    assert not (subset_recipe / "T").exists()
+
+
+def test_train_help_documents_seed_fraction_and_include_val():
+    text = invoke("train", "--help").output
+    for option in ("--seed", "--train-fraction", "--include-val"):
+        assert option in text

@@ -419,3 +419,84 @@ def test_folder_unreadable_image(tmp_path):
     (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match=r"broken\.png"):
         load_data({"dataset": "folder", "path": str(tmp_path)})
+
+
+# --- train_fraction and with_validation_in_train ---------------------------------------------
+
+
+def test_train_fraction_keeps_a_seeded_stratified_part_of_the_training_split():
+    full = load_data({"dataset": "digits"})
+    part = load_data({"dataset": "digits", "train_fraction": 0.25})
+    # Each class drops 75% of its training images, rounded half up (stratified_split).
+    expected = [n - int(n * 0.75 + 0.5) for n in torch.bincount(full.train.labels).tolist()]
+    assert torch.bincount(part.train.labels).tolist() == expected
+    rows = {bytes(img.numpy().tobytes()) for img in full.train.images}
+    assert all(bytes(img.numpy().tobytes()) in rows for img in part.train.images)
+    data.clear_cache()
+    again = load_data({"dataset": "digits", "train_fraction": 0.25})
+    other = load_data({"dataset": "digits", "train_fraction": 0.25, "split_seed": 1})
+    assert torch.equal(part.train.images, again.train.images)
+    assert not torch.equal(part.train.labels, other.train.labels)
+
+
+def test_train_fraction_leaves_validation_and_test_unchanged():
+    full = load_data({"dataset": "digits"})
+    for fraction in (0.1, 0.5, 1):
+        part = load_data({"dataset": "digits", "train_fraction": fraction})
+        for name in ("val", "test"):
+            assert torch.equal(getattr(part, name).images, getattr(full, name).images)
+            assert torch.equal(getattr(part, name).labels, getattr(full, name).labels)
+    assert load_data({"dataset": "digits", "train_fraction": 1}) is full  # 1 is the default
+
+
+def test_train_fraction_keeps_one_image_per_class_and_stats_come_from_the_part():
+    tiny = load_data({"dataset": "digits", "train_fraction": 0.001})
+    assert torch.bincount(tiny.train.labels).tolist() == [1] * 10
+    part = load_data({"dataset": "digits", "train_fraction": 0.3})
+    x = part.train.images.double() / 255
+    assert part.mean == pytest.approx([x.mean().item()], abs=1e-9)
+    assert part.std == pytest.approx([x.std(unbiased=False).item()], abs=1e-9)
+    assert part.mean != load_data({"dataset": "digits"}).mean
+
+
+@pytest.mark.parametrize("value", [0, -0.5, 1.5, "0.5", True, None])
+def test_bad_train_fraction_is_one_line_naming_the_key(value, tmp_path):
+    from automl.discovery import technique_catalog
+    from automl.space import load_space
+
+    with pytest.raises(UserError) as info:
+        load_data({"dataset": "digits", "train_fraction": value})
+    assert str(info.value) == f"data.train_fraction: must be a number in (0, 1], got {value!r}"
+    space = tmp_path / "s.yaml"
+    text = "null" if value is None else repr(value) if isinstance(value, str) else str(value)
+    space.write_text(f"model: automl_resnet8\ndata: {{dataset: digits, train_fraction: {text}}}\n"
+                     "epochs: 1\ntechniques: {}\n")
+    with pytest.raises(UserError) as info:
+        load_space(space, technique_catalog())
+    message = str(info.value)
+    assert "\n" not in message and "data.train_fraction: expected a number in (0, 1]" in message
+
+
+def test_with_validation_in_train_joins_val_into_train():
+    part = load_data({"dataset": "digits", "train_fraction": 0.5})
+    joined = data.with_validation_in_train(part)
+    assert len(joined.train) == len(part.train) + len(part.val)
+    assert torch.equal(joined.train.images, torch.cat([part.train.images, part.val.images]))
+    assert joined.val is part.val and joined.test is part.test
+    x = joined.train.images.double() / 255
+    assert joined.mean == pytest.approx([x.mean().item()], abs=1e-9)
+    assert load_data({"dataset": "digits", "train_fraction": 0.5}) is part  # cache untouched
+
+
+def test_with_validation_in_train_on_disk_images(tmp_path):
+    for name, color in (("a", (250, 0, 0)), ("b", (0, 0, 250))):
+        for i in range(6):
+            _png(tmp_path / name / f"{i}.png", color)
+    bundle = load_data({"dataset": "folder", "path": str(tmp_path), "image_size": 4,
+                        "in_memory": False, "workers": 0, "val_fraction": 0.4})
+    joined = data.with_validation_in_train(bundle)
+    assert isinstance(joined.train.images, data.ImageFiles)
+    assert joined.train.images.paths == bundle.train.images.paths + bundle.val.images.paths
+    assert joined.train.labels.tolist() == bundle.train.labels.tolist() + \
+        bundle.val.labels.tolist()
+    _check_split(Split(joined.train.images[:].contiguous(), joined.train.labels), 3, 4)
