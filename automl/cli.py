@@ -143,16 +143,36 @@ def _data_options(func):
               help="Trials at once, each in its own worker process (per GPU with --gpus).")
 @click.option("--gpus", metavar="all|0,1,...",
               help="Run --jobs workers on each of these GPUs (one study, shared storage).")
+@click.option("--min-resource", metavar="N|auto",
+              help="Epochs before the first pruning decision (auto: a third of the training).")
+@click.option("--reduction-factor", type=click.IntRange(min=2),
+              help="Hyperband/SHA: keep 1 in this many trials at each rung (default 3).")
+@click.option("--startup-trials", type=click.IntRange(min=0),
+              help="Random trials before TPE models (and the median pruner prunes); default 5.")
+@click.option("--warm-start/--no-warm-start", default=None,
+              help="Evaluate the known recipes right after the baseline (default: on).")
+@click.option("--confirm-top", metavar="K|auto",
+              help="Re-run the K best trials (and the baseline) with more seeds before naming "
+                   "the best; 0 turns it off (auto: one per 20 trials, at most 3).")
+@click.option("--seeds", "confirm_seeds", type=click.IntRange(min=1),
+              help="More training seeds per confirmed trial (default 2).")
+@click.option("--confirm-splits", is_flag=True, default=None,
+              help="Confirmation runs also draw another validation split.")
 @_compile_option
 @_data_options
 def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pruner, device,
-           jobs, gpus, compile, data_dir, download):
+           jobs, gpus, min_resource, reduction_factor, startup_trials, warm_start, confirm_top,
+           confirm_seeds, confirm_splits, compile, data_dir, download):
     """Search recipes over SPACE (a YAML file or a shipped space name; default: `default`).
 
     Running the same command again resumes the study until its --n-trials trials have run;
     the same command on other machines (one --storage database) joins the study. Ctrl-C
     (exit 130) or SIGTERM (exit 143) marks the running trials failed and queues them again.
     The best recipe is kept in DIR/best_recipe.yaml, rewritten whenever the best improves.
+
+    Trial 0 is the baseline (the space's defaults), then the known recipes (warm start);
+    at the end the best trials are confirmed with more seeds. Every study setting of the
+    space's `study:` section can be overridden here.
     """
     from automl.discovery import technique_catalog
     from automl.interrupts import Interrupted, stop_on_signals
@@ -167,7 +187,11 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
     settings = SearchSettings.from_space(
         parsed, study_name=name, run_dir=out or Path("runs") / name, storage=storage,
         device=device, jobs=jobs, gpus=gpus, compile=compile, n_trials=n_trials,
-        timeout=timeout, seed=seed, sampler=sampler, pruner=pruner)
+        timeout=timeout, seed=seed, sampler=sampler, pruner=pruner,
+        min_resource=_auto_or_int("--min-resource", min_resource, 1),
+        reduction_factor=reduction_factor, startup_trials=startup_trials,
+        warm_start=warm_start, confirm_top=_auto_or_int("--confirm-top", confirm_top, 0),
+        confirm_seeds=confirm_seeds, confirm_splits=confirm_splits)
     show_warnings()
     best = settings.run_dir / BEST_RECIPE
     with stop_on_signals():
@@ -179,8 +203,31 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
                        f"again; run the same command to resume{kept}", err=True)
             sys.exit(exc.exit_code)
     click.echo("\n" + trials_table(study, settings.metric))
+    _print_judgement(study)
     if best.exists():
         click.echo(f"\nbest recipe: {best}\nretrain it:  automl train {best}")
+
+
+def _auto_or_int(option: str, value: str | None, least: int) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or number < least:
+        raise UserError(f"{option}: expected auto or an integer >= {least}, got {value!r}")
+    return number
+
+
+def _print_judgement(study) -> None:
+    """Confirmation results and the pruning check, where the study has them."""
+    from automl.confirm import verdict
+    from automl.fidelity import fidelity_lines
+
+    lines = [*verdict(study), *fidelity_lines(study)]
+    if lines:
+        click.echo("\n" + "\n".join(lines))
 
 
 def _apply_data_options(data: dict, data_dir, download) -> None:
@@ -203,6 +250,7 @@ def show(study_name, out, storage, top):
     study = open_study(study_name, out or Path("runs") / study_name, storage)
     metric = study.user_attrs.get("metric", "value")
     click.echo(trials_table(study, metric, top))
+    _print_judgement(study)
 
 
 @cli.command()
@@ -213,6 +261,7 @@ def show(study_name, out, storage, top):
               help="Write the recipe here (default: print it).")
 def export(study_name, out, storage, trial_number, output):
     """Export the best recipe of a study (or --trial N) as YAML."""
+    from automl.confirm import chosen_trial
     from automl.search import open_study, trial_recipe
     from automl.yamlio import write_atomic
 
@@ -220,7 +269,7 @@ def export(study_name, out, storage, trial_number, output):
     study = open_study(study_name, out or Path("runs") / study_name, storage)
     if trial_number is None:
         try:
-            trial = study.best_trial
+            trial = chosen_trial(study)
         except ValueError:
             raise UserError(f"study '{study_name}' has no completed trial yet") from None
     else:
@@ -287,7 +336,7 @@ def train(recipe, out, device, seed, train_fraction, include_val, compile, data_
 def techniques(name, markdown):
     """List every technique with its method card summary and search space (or one in full)."""
     from automl.discovery import technique_catalog
-    from automl.technique import describe_distribution, markdown_table
+    from automl.technique import describe_parameter, markdown_table
 
     catalog = technique_catalog()
     if markdown:
@@ -304,8 +353,8 @@ def techniques(name, markdown):
         click.echo(f"{tname} ({kind}): {cls.summary()}")
         if name:
             click.echo("\n" + cls.card() + "\n")
-        for param, dist in cls.space.items():
-            click.echo(f"    {param:<20} {describe_distribution(dist):<40} "
+        for param in cls.space:
+            click.echo(f"    {param:<20} {describe_parameter(cls, param):<40} "
                        f"default {cls.defaults[param]!r}")
 
 

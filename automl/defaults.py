@@ -34,7 +34,7 @@ class CoreDefaults:
 
     @hookimpl(trylast=True)
     def build_optimizer(self, state: TrainState) -> torch.optim.Optimizer:
-        return torch.optim.SGD(state.param_groups, lr=0.05, momentum=0.9)
+        return torch.optim.SGD(state.param_groups, lr=0.05 * state.lr_scale, momentum=0.9)
 
     @hookimpl(trylast=True)
     def build_loss(self, state: TrainState) -> None:

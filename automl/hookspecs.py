@@ -48,9 +48,10 @@ class TrainingSpecs:
     def configure_training(self, state: TrainState) -> None:
         """Change the run's settings before anything is built.
 
-        Fields meant for this hook: ``epochs`` (longer training), ``accumulation_steps``
-        (gradient accumulation), ``train_image_size`` (training resolution) and
-        ``input_mean`` / ``input_std`` (input normalisation, in [0, 1] units).
+        Fields meant for this hook: ``epochs`` (longer training), ``batch_size`` (the batch
+        size technique), ``accumulation_steps`` (gradient accumulation),
+        ``train_image_size`` (training resolution) and ``input_mean`` / ``input_std``
+        (input normalisation, in [0, 1] units).
         """
 
     @hookspec
@@ -74,6 +75,8 @@ class TrainingSpecs:
         """Rewrite ``state.param_groups`` (a list of optimizer param-group dicts).
 
         Example: weight decay splits norm and bias parameters into a group without decay.
+        The batch-size technique sets ``state.lr_scale`` here, which the optimizer's LR is
+        multiplied by (techniques that build optimizers should honour it).
         """
 
     @hookspec(firstresult=True)

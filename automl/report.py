@@ -34,6 +34,7 @@ class SilentReporter:
     def trial_start(self, trial, recipe) -> None: ...
     def epoch(self, trial, epoch, epochs, metrics) -> None: ...
     def trial_end(self, study, trial, new_best) -> None: ...
+    def note(self, text) -> None: ...
 
 
 class ConsoleReporter:
@@ -67,6 +68,10 @@ class ConsoleReporter:
             click.echo(text)
             self.last_line = time.perf_counter()
 
+    def note(self, text: str) -> None:
+        """A line about the search as a whole (warm start, confirmation runs)."""
+        click.echo(text)
+
     def trial_end(self, study: optuna.Study, trial: FrozenTrial, new_best: bool) -> None:
         if self.live:
             click.echo("\r\033[K", nl=False)
@@ -74,7 +79,9 @@ class ConsoleReporter:
         state = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned",
                  TrialState.FAIL: "failed"}.get(trial.state, trial.state.name.lower())
         epochs = trial.user_attrs.get("epochs_run", len(trial.intermediate_values))
-        base = " (baseline)" if trial.user_attrs.get("baseline") else ""
+        base = " (baseline)" if trial.user_attrs.get("baseline") else (
+            f" (known recipe {trial.user_attrs['warm_start']})"
+            if "warm_start" in trial.user_attrs else "")
         mark = "  * new best" if new_best else ""
         if trial.state != TrialState.COMPLETE and trial.user_attrs.get("fail_reason"):
             mark += f"  ({trial.user_attrs['fail_reason']})"

@@ -26,10 +26,12 @@ import torch
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.confirm import chosen_trial, confirm
 from automl.data import DataBundle, load_data
 from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
 from automl.failures import failure_reason
+from automl.fidelity import FIRST_RUNG
 from automl.heartbeat import beating, sweep_stale
 from automl.interrupts import Interrupted
 from automl.recipe import Recipe
@@ -70,6 +72,7 @@ class Reporter(Protocol):
     def epoch(self, trial: optuna.Trial, epoch: int, epochs: int,
               metrics: dict[str, float]) -> None: ...
     def trial_end(self, study: optuna.Study, trial: FrozenTrial, new_best: bool) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 @dataclass
@@ -86,6 +89,13 @@ class SearchSettings:
     pruner: str
     metric: str
     direction: str
+    min_resource: int | str = "auto"  # first rung of Hyperband/SHA, or the median's warmup
+    reduction_factor: int = 3
+    startup_trials: int = 5  # random trials before TPE models; the median pruner's start-up
+    warm_start: bool = True  # evaluate the known recipes right after the baseline
+    confirm_top: int | str = "auto"  # re-run this many of the best trials with more seeds
+    confirm_seeds: int = 2
+    confirm_splits: bool = False  # confirmation runs also draw another validation split
     device: str | None = None
     jobs: int = 1  # trials running at once (per GPU with ``gpus``), each in its own process
     gpus: str | None = None  # "all" or "0,2": one set of ``jobs`` workers per listed GPU
@@ -100,17 +110,35 @@ class SearchSettings:
         return cls(study_name=study_name, run_dir=run_dir, storage=storage,
                    n_trials=study["n_trials"], timeout=study["timeout"], seed=study["seed"],
                    sampler=study["sampler"], pruner=study["pruner"], metric=study["metric"],
-                   direction=study["direction"], device=device, jobs=jobs, gpus=gpus,
+                   direction=study["direction"], min_resource=study["min_resource"],
+                   reduction_factor=study["reduction_factor"],
+                   startup_trials=study["startup_trials"], warm_start=study["warm_start"],
+                   confirm_top=study["confirm_top"], confirm_seeds=study["confirm_seeds"],
+                   confirm_splits=study["confirm_splits"], device=device, jobs=jobs, gpus=gpus,
                    compile=compile)
 
+    def first_rung(self, max_epochs: int) -> int:
+        """The epoch of the first pruning decision: a third of the longest training unless
+        set (epoch-1 scores of a short recipe rank trials unlike their final scores)."""
+        if self.min_resource == "auto":
+            return max(1, math.ceil(max_epochs / 3))
+        return min(int(self.min_resource), max_epochs)
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    def confirmations(self) -> int:
+        """How many of the best trials are confirmed: "auto" is one per 20 trials, at most
+        3 (with 2 seeds each, about a tenth of the budget, the baseline included)."""
+        if self.confirm_top == "auto":
+            return min(3, self.n_trials // 20)
+        return int(self.confirm_top)
+
+
+def make_sampler(name: str, seed: int, startup_trials: int = 5) -> optuna.samplers.BaseSampler:
     """TPE (seeded, multivariate over conditional groups) by default."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True,
-                                              group=True, constant_liar=True)
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials,
+                                              multivariate=True, group=True, constant_liar=True)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "cmaes":
@@ -120,19 +148,23 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise UserError(f"unknown sampler '{name}'; valid: tpe, random, cmaes, gp")
 
 
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, epochs: int, min_resource: int = 1, reduction_factor: int = 3,
+                startup_trials: int = 3) -> optuna.pruners.BasePruner:
     """Hyperband over epochs by default; ``none`` trains every trial to the end.
 
     ``epochs`` is the longest training a trial of the space can run (techniques such as
     long training multiply the space's epochs), so Hyperband's brackets span every trial.
+    No trial is judged before ``min_resource`` epochs.
     """
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
-                                              reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=epochs,
+                                              reduction_factor=reduction_factor)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
+                                           n_warmup_steps=min_resource - 1)
     if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
+                                                      reduction_factor=reduction_factor)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise UserError(f"unknown pruner '{name}'; valid: hyperband, median, sha, none")
@@ -157,8 +189,38 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
         run_workers(space, settings, devices, todo)
     elif todo:
         run_trials(study, space, settings, reporter, data, devices[0])
+    if settings.confirmations() and _all_finished(study):
+        with _recording(settings, "confirming the best trials"):
+            confirm(study, settings.confirmations(), settings.confirm_seeds,
+                    settings.confirm_splits, _trainer_for(settings, devices[0]), reporter.note)
     export_best(study, settings.run_dir)
     return study
+
+
+def _all_finished(study: optuna.Study) -> bool:
+    """Every ticket trained: confirmation compares finished trials only (another process
+    still working on the study confirms when it is done)."""
+    return not study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+
+
+def _trainer_for(settings: SearchSettings, device_name: str | None):
+    """``train_once(recipe) -> (score, epochs)`` for confirmation runs: no pruning, and a
+    failed or diverged run scores NaN."""
+    catalog = technique_catalog()
+    device = resolve_device(device_name)
+
+    def train_once(recipe: Recipe) -> tuple[float, int]:
+        try:
+            pm = training_manager(recipe, catalog)
+            history = train(recipe, load_data(recipe.data), pm, device=device,
+                            compile=settings.compile).history
+            return float(history[-1][settings.metric]), len(history)
+        except Exception:  # the run failed: it counts against its recipe
+            return math.nan, 0
+        finally:
+            release_memory(device)
+
+    return train_once
 
 
 def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
@@ -172,7 +234,9 @@ def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
                         "on every worker; use tpe or gp, or a journal/SQLite file")
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(settings.storage, settings.run_dir)
-    pruner = make_pruner(settings.pruner, space.max_epochs())
+    epochs = space.max_epochs()
+    pruner = make_pruner(settings.pruner, epochs, settings.first_rung(epochs),
+                         settings.reduction_factor, settings.startup_trials)
     with _recording(settings, "opening the study"):
         try:
             study = optuna.create_study(study_name=settings.study_name, storage=storage,
@@ -183,15 +247,22 @@ def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
                                       pruner=pruner)
             created = False
         if created:
+            study.set_user_attr(FIRST_RUNG, settings.first_rung(epochs))
             study.set_user_attr("metric", settings.metric)
             study.set_user_attr("space", space.source)
             study.set_user_attr("space_definition", space.definition())
         wait_for_plan(study, created)
     _check_same_study(study, space, settings)
     with _recording(settings, "queueing the trials"):
-        plan_trials(study, settings.n_trials, space.baseline_params())
+        known = []
+        if settings.warm_start:
+            from automl.warm_start import warm_start_params
+
+            known = warm_start_params(space)
+        plan_trials(study, settings.n_trials, space.baseline_params(), known)
         tried = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(settings.sampler, sampler_seed(settings.seed, tried, created))
+    study.sampler = make_sampler(settings.sampler, sampler_seed(settings.seed, tried, created),
+                                 settings.startup_trials)
     return study
 
 
@@ -326,7 +397,7 @@ def export_best(study: optuna.Study, run_dir: Path) -> None:
     """Write the study's best recipe to ``run_dir/best_recipe.yaml`` (atomically): after every
     new best, and once more at the end, when workers may have finished out of order."""
     try:
-        best = study.best_trial
+        best = chosen_trial(study)
     except ValueError:  # no completed trial yet
         return
     write_atomic(run_dir / BEST_RECIPE, trial_recipe(best).to_yaml())

@@ -23,7 +23,7 @@ from optuna.distributions import (
 )
 
 from automl.errors import ConfigError
-from automl.technique import Technique, contains
+from automl.technique import NOT_APPLICABLE, Technique, When, conditional_name, contains
 from automl.yamlio import Lines, load_yaml
 
 if TYPE_CHECKING:
@@ -46,6 +46,13 @@ SAMPLER_SEED_RANGE = (0, 2**32 - 1)  # what numpy's RandomState (Optuna's sample
 DEFAULT_STUDY: dict[str, Any] = {
     "sampler": "tpe", "pruner": "hyperband", "n_trials": 20, "timeout": None,
     "metric": "val/acc1", "direction": "maximize", "seed": 0,
+    # fidelity: the first rung ("auto": a third of the longest training), Hyperband's
+    # reduction factor, and the trials the sampler draws at random before modelling
+    "min_resource": "auto", "reduction_factor": 3, "startup_trials": 5,
+    # known recipes evaluated right after the baseline (automl.warm_start)
+    "warm_start": True,
+    # the top trials re-run with more seeds before the best is named (automl.confirm)
+    "confirm_top": "auto", "confirm_seeds": 2, "confirm_splits": False,
 }
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("hyperband", "median", "sha", "none")
@@ -58,7 +65,9 @@ class TechniqueSpace:
 
     cls: type[Technique]
     enabled: bool | None
-    params: dict[str, Any]  # a BaseDistribution is searched; anything else is fixed
+    #: A BaseDistribution is searched, a When depends on a searched choice, anything else is
+    #: fixed; a conditional parameter that never applies (its choice is fixed) is absent.
+    params: dict[str, Any]
 
     @property
     def name(self) -> str:
@@ -68,7 +77,53 @@ class TechniqueSpace:
         if self.enabled is None:
             return False
         return not self.enabled or not any(
-            isinstance(v, BaseDistribution) for v in self.params.values())
+            isinstance(v, BaseDistribution | When) for v in self.params.values())
+
+    def searched_names(self) -> list[str]:
+        """The Optuna names of every parameter this technique may sample (not ``enabled``)."""
+        names = []
+        for p, v in self.params.items():
+            if isinstance(v, BaseDistribution):
+                names.append(f"{self.name}.{p}")
+            elif isinstance(v, When):
+                names += [conditional_name(self.name, p, choice)
+                          for choice, case in v.cases.items()
+                          if isinstance(case, BaseDistribution)]
+        return names
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        """This technique's values for one trial; a parameter whose case is absent is left
+        out (it does not apply to the choice made)."""
+        values: dict[str, Any] = {}
+        for p, v in self.params.items():
+            if isinstance(v, When):
+                v = v.case(values[v.on])
+                if v is NOT_APPLICABLE:
+                    continue
+                name = conditional_name(self.name, p, values[self.params[p].on])
+            else:
+                name = f"{self.name}.{p}"
+            values[p] = suggest(trial, name, v) if isinstance(v, BaseDistribution) else v
+        return values
+
+    def trial_params(self, wanted: dict[str, Any]) -> dict[str, Any]:
+        """The trial parameters that make :meth:`sample` give the values nearest to
+        ``wanted`` (missing ones: the technique's defaults), inside this space."""
+        params: dict[str, Any] = {}
+        values: dict[str, Any] = {}
+        for p, v in self.params.items():
+            target = wanted.get(p, self.cls.defaults[p])
+            name = f"{self.name}.{p}"
+            if isinstance(v, When):
+                name = conditional_name(self.name, p, values[v.on])
+                v = v.case(values[v.on])
+                if v is NOT_APPLICABLE:
+                    continue
+            if isinstance(v, BaseDistribution):
+                values[p] = params[name] = _nearest(v, target)
+            else:
+                values[p] = v
+        return params
 
 
 @dataclass
@@ -93,8 +148,7 @@ class SearchSpace:
             if t.enabled is None:
                 keys.append(f"{t.name}.enabled")
             if t.enabled is not False:
-                keys += [f"{t.name}.{p}" for p, v in t.params.items()
-                         if isinstance(v, BaseDistribution)]
+                keys += t.searched_names()
         return keys
 
     def sample(self, trial: optuna.Trial) -> Recipe:
@@ -106,12 +160,8 @@ class SearchSpace:
             on = t.enabled
             if on is None:
                 on = trial.suggest_categorical(f"{t.name}.enabled", [False, True])
-            if not on:
-                continue
-            chosen[t.name] = {
-                p: suggest(trial, f"{t.name}.{p}", v) if isinstance(v, BaseDistribution) else v
-                for p, v in t.params.items()
-            }
+            if on:
+                chosen[t.name] = t.sample(trial)
         return Recipe(model=self.model, data=dict(self.data), epochs=self.epochs,
                       seed=self.seed, techniques=chosen)
 
@@ -125,8 +175,8 @@ class SearchSpace:
         for t in self.techniques.values():
             items[f"{t.name}.enabled"] = "searched" if t.enabled is None else str(t.enabled)
             for p, v in t.params.items():
-                items[f"{t.name}.{p}"] = (distribution_to_json(v)
-                                          if isinstance(v, BaseDistribution) else repr(v))
+                items[f"{t.name}.{p}"] = (distribution_to_json(v) if isinstance(v, BaseDistribution)
+                                          else v.to_json() if isinstance(v, When) else repr(v))
         return items
 
     def max_epochs(self) -> int:
@@ -139,16 +189,20 @@ class SearchSpace:
 
     def baseline_params(self) -> dict[str, Any]:
         """Trial parameters of the baseline: every technique's defaults, clipped to the space."""
+        return self.params_for({name: {} for name, t in self.techniques.items()
+                                if t.cls.default_enabled or not t.cls.optional})
+
+    def params_for(self, techniques: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Trial parameters for the recipe nearest to ``techniques`` (name -> values; a
+        technique left out is off, a value left out is the default) that this space can
+        sample: what it fixes stays fixed, values are clipped into its ranges."""
         params: dict[str, Any] = {}
         for t in self.techniques.values():
-            on = t.enabled if t.enabled is not None else t.cls.default_enabled
+            on = t.enabled if t.enabled is not None else t.name in techniques
             if t.enabled is None:
                 params[f"{t.name}.enabled"] = on
-            if not on:
-                continue
-            for p, v in t.params.items():
-                if isinstance(v, BaseDistribution):
-                    params[f"{t.name}.{p}"] = _nearest(v, t.cls.defaults[p])
+            if on:
+                params.update(t.trial_params(techniques.get(t.name, {})))
         return params
 
 
@@ -328,6 +382,14 @@ def _parse_study(p: _Parser, study: Any) -> dict[str, Any]:
     p.expect(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0),
              ("study", "timeout"), f"expected seconds > 0, got {t!r}")
     _expect_seed(p, ("study", "seed"), out["seed"], SAMPLER_SEED_RANGE)
+    for key, least in (("min_resource", 1), ("confirm_top", 0)):
+        p.expect(out[key] == "auto" or (_is_int(out[key]) and out[key] >= least), ("study", key),
+                 f"expected auto or an integer >= {least}, got {out[key]!r}")
+    for key, least in (("reduction_factor", 2), ("startup_trials", 0), ("confirm_seeds", 1)):
+        p.expect(_is_int(out[key]) and out[key] >= least, ("study", key),
+                 f"expected an integer >= {least}, got {out[key]!r}")
+    for key in ("warm_start", "confirm_splits"):
+        p.expect(isinstance(out[key], bool), ("study", key), "expected true or false")
     return out
 
 
@@ -348,18 +410,64 @@ def _parse_technique(p: _Parser, key: tuple[str, ...], cls: type[Technique],
     params: dict[str, Any] = {}
     for param, default_dist in cls.space.items():
         pkey = (*key, param)
-        value = entry.get(param, default_dist)
+        value = entry.get(param, cls.conditions.get(param, default_dist))
         if param not in entry and enabled is not False:
             p.expect(param not in cls.user_set_params(), pkey,
                      f"must be set here ({cls.check_value(param, cls.defaults[param])})")
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "when" in value:
+            value = _parse_when(p, pkey, cls, param, value)
+        elif isinstance(value, dict):
             value = _parse_distribution(p, pkey, cls, param, value)
-        elif not isinstance(value, BaseDistribution):
-            problem = cls.check_value(param, value)
-            p.expect(problem is None, pkey, problem or "")
-            value = _typed(default_dist, value)
-        params[param] = value
+        elif not isinstance(value, BaseDistribution | When):
+            value = _parse_value(p, pkey, cls, param, value)
+        if isinstance(value, When):
+            value = _resolve_when(p, pkey, value, params)
+        if value is not NOT_APPLICABLE:
+            params[param] = value
     return TechniqueSpace(cls=cls, enabled=enabled, params=params)
+
+
+def _parse_value(p: _Parser, key: tuple[str, ...], cls: type[Technique], param: str,
+                 value: Any) -> Any:
+    problem = cls.check_value(param, value)
+    p.expect(problem is None, key, problem or "")
+    return _typed(cls.space[param], value)
+
+
+def _parse_when(p: _Parser, key: tuple[str, ...], cls: type[Technique], param: str,
+                spec: dict) -> When:
+    """``{when: CHOICE_PARAM, cases: {choice: value or distribution, ...}}``."""
+    p.known_keys(spec, key, ("when", "cases"))
+    on = spec["when"]
+    names = list(cls.space)
+    before = [n for n in names[:names.index(param)]
+              if isinstance(cls.space[n], CategoricalDistribution)]
+    p.expect(on in before, (*key, "when"), f"expected a choice parameter of '{cls.name}' "
+             f"listed before '{param}' (one of: {', '.join(before) or 'none'}), got {on!r}")
+    cases = spec.get("cases")
+    p.expect(isinstance(cases, dict) and cases, (*key, "cases"),
+             "expected a mapping of choices to values or distributions")
+    parsed = {}
+    for choice, case in cases.items():
+        ckey = (*key, "cases", str(choice))
+        problem = cls.check_value(on, choice)
+        p.expect(problem is None, ckey, problem or "")
+        parsed[choice] = (_parse_distribution(p, ckey, cls, param, case) if isinstance(case, dict)
+                          else _parse_value(p, ckey, cls, param, case))
+    return When(on, parsed)
+
+
+def _resolve_when(p: _Parser, key: tuple[str, ...], when: When, params: dict[str, Any]) -> Any:
+    """A condition on a fixed choice is its case; on a searched one, the cases it allows."""
+    on = params.get(when.on, NOT_APPLICABLE)
+    if on is NOT_APPLICABLE:
+        return NOT_APPLICABLE
+    if isinstance(on, When):
+        p.fail(key, f"depends on '{when.on}', which is itself conditional; fix '{when.on}' "
+               "or give it a plain distribution")
+    if isinstance(on, CategoricalDistribution):
+        return when.restricted(list(on.choices))
+    return when.case(on)
 
 
 def _parse_distribution(p: _Parser, key: tuple[str, ...], cls: type[Technique], param: str,

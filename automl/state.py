@@ -36,6 +36,7 @@ class TrainState:
     targets: torch.Tensor | None = None
     loss: torch.Tensor | None = None
     accumulation_steps: int = 1  # micro-batches summed per optimizer step
+    lr_scale: float = 1.0  # multiplies the optimizer's LR (the batch-size scaling rule)
     train_image_size: int = 0  # resolution batches are trained at (0 = stored size)
     eval_image_size: int | None = None  # set by inference-resize techniques
     input_mean: tuple[float, ...] = ()  # normalisation in [0, 1] units (default: data's own)

@@ -9,8 +9,10 @@ the instance in that trial's plugin manager, where its ``@hookimpl`` methods act
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import re
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from optuna.distributions import (
@@ -18,12 +20,61 @@ from optuna.distributions import (
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
+    distribution_to_json,
 )
 
-__all__ = ["Technique", "contains", "describe_distribution", "markdown_table"]
+__all__ = ["Technique", "When", "contains", "describe_distribution", "describe_parameter",
+           "markdown_table"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SECTION = re.compile(r"^([A-Z][a-z]+):\s*(.*)$")
+
+
+@dataclass(frozen=True)
+class When:
+    """A parameter whose range depends on a choice of the same technique.
+
+    ``When("name", {"sgd": FloatDistribution(0.01, 0.5, log=True), "adamw": ...})``: the
+    parameter is searched over the case of the choice the trial made, under its own Optuna
+    name (``optimizer.lr[sgd]``), so the sampler learns each case apart. A case may be a fixed
+    value; a choice without a case means the parameter does not apply and is not sampled.
+    """
+
+    on: str
+    cases: dict[Any, Any] = field(default_factory=dict)
+
+    def case(self, choice: Any) -> Any:
+        """The distribution or value for ``choice``; :data:`NOT_APPLICABLE` without a case."""
+        for key, value in self.cases.items():
+            if type(key) is type(choice) and key == choice:
+                return value
+        return NOT_APPLICABLE
+
+    def restricted(self, choices: list[Any]) -> When:
+        """Only the cases of ``choices`` (the choices a space still allows)."""
+        return When(self.on, {k: v for k, v in self.cases.items()
+                              if any(type(k) is type(c) and k == c for c in choices)})
+
+    def to_json(self) -> str:
+        """A stable text form, for a study's space definition."""
+        cases = {repr(k): distribution_to_json(v) if isinstance(v, BaseDistribution) else repr(v)
+                 for k, v in self.cases.items()}
+        return json.dumps({"when": self.on, "cases": cases}, sort_keys=True)
+
+
+class _NotApplicable:
+    """Marker: a conditional parameter whose case is absent for the chosen value."""
+
+    def __repr__(self) -> str:
+        return "NOT_APPLICABLE"
+
+
+NOT_APPLICABLE = _NotApplicable()
+
+
+def conditional_name(technique: str, param: str, choice: Any) -> str:
+    """The Optuna parameter name of one case of a conditional parameter."""
+    return f"{technique}.{param}[{choice}]"
 
 
 class Technique:
@@ -34,6 +85,10 @@ class Technique:
     space: ClassVar[dict[str, BaseDistribution]] = {}
     #: The baseline value of every parameter (the search's first trial uses these).
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Parameters whose default range depends on another parameter's choice (see
+    #: :class:`When`); ``space`` still holds each one's full valid range, which a space file
+    #: that writes its own range or value uses instead.
+    conditions: ClassVar[dict[str, When]] = {}
     #: Hard validity bounds (inclusive) for numeric parameters a user may fix or re-range.
     limits: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
     #: Optional techniques are searched on/off; required ones are always on.
@@ -126,11 +181,40 @@ class Technique:
             if not contains(dist, cls.defaults[param]):
                 raise TypeError(f"{where}: default {cls.defaults[param]!r} of {param!r} "
                                 "is outside its space")
+        for param, when in cls.conditions.items():
+            _validate_when(cls, where, param, when)
         extra = set(cls.defaults) - set(cls.space)
         if extra:
             raise TypeError(f"{where}: defaults for unknown parameters {sorted(extra)}")
         if not cls.summary():
             raise TypeError(f"{where}: missing method card (class docstring)")
+
+
+def _validate_when(cls: type[Technique], where: str, param: str, when: When) -> None:
+    names = list(cls.space)
+    if param not in cls.space:
+        raise TypeError(f"{where}: conditions[{param!r}] names no parameter of the space")
+    on = cls.space.get(when.on)
+    if not isinstance(on, CategoricalDistribution) or names.index(when.on) > names.index(param):
+        raise TypeError(f"{where}: conditions[{param!r}] must depend on a categorical "
+                        "parameter declared before it")
+    for choice, case in when.cases.items():
+        if choice not in on.choices:
+            raise TypeError(f"{where}: conditions[{param!r}]: {choice!r} is not a choice of "
+                            f"{when.on!r}")
+        values = [case] if not isinstance(case, BaseDistribution) else \
+            list(case.choices) if isinstance(case, CategoricalDistribution) else [case.low,
+                                                                                  case.high]
+        if any(not contains(cls.space[param], v) for v in values):
+            raise TypeError(f"{where}: conditions[{param!r}][{choice!r}] lies outside "
+                            f"space[{param!r}]")
+    default_case = when.case(cls.defaults[when.on])
+    if default_case is not NOT_APPLICABLE and not (
+            contains(default_case, cls.defaults[param]) if isinstance(default_case,
+                                                                      BaseDistribution)
+            else default_case == cls.defaults[param]):
+        raise TypeError(f"{where}: default {cls.defaults[param]!r} of {param!r} is outside "
+                        f"its case for {when.on}={cls.defaults[when.on]!r}")
 
 
 def contains(dist: BaseDistribution, value: Any) -> bool:
@@ -155,13 +239,25 @@ def describe_distribution(dist: BaseDistribution) -> str:
     return repr(dist)
 
 
+def describe_parameter(cls: type[Technique], param: str) -> str:
+    """The default search range of a technique's parameter, conditions included."""
+    when = cls.conditions.get(param)
+    if when is None:
+        return describe_distribution(cls.space[param])
+    cases = "; ".join(
+        f"{choice}: {describe_distribution(case) if isinstance(case, BaseDistribution) else case}"
+        for choice, case in when.cases.items())
+    unused = len(when.cases) < len(cls.space[when.on].choices)
+    return f"by {when.on} ({cases}{'; otherwise unused' if unused else ''})"
+
+
 def markdown_table(catalog: dict[str, type[Technique]]) -> str:
     """The catalog as the README's Markdown table: name, kind, summary, space, source."""
     rows = ["| technique | kind | what it does | parameters (default space) | source |",
             "|---|---|---|---|---|"]
     for name, cls in catalog.items():
         kind = "optional" if cls.optional else "required"
-        params = ", ".join(f"`{p}` {describe_distribution(d)}" for p, d in cls.space.items())
+        params = ", ".join(f"`{p}` {describe_parameter(cls, p)}" for p in cls.space)
         summary = cls.summary().rstrip(".").replace("|", "\\|")
         source = cls.card_section("Source").replace("|", "\\|")
         rows.append(f"| `{name}` | {kind} | {summary} | {params or 'on/off only'} | {source} |")

@@ -63,6 +63,8 @@ def prepare(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager,
         train_image_size=data.image_size, input_mean=data.mean, input_std=data.std,
     )
     pm.hook.configure_training(state=state)
+    state.batch_size = max(1, min(state.batch_size, len(data.train.labels)))
+    state.batches_per_epoch = len(data.train.labels) // state.batch_size
     state.accumulation_steps = max(1, min(state.accumulation_steps, state.batches_per_epoch))
     kwargs: dict = {}
     for extra in reversed(pm.hook.model_kwargs(state=state)):  # results arrive last-first

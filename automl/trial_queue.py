@@ -17,10 +17,11 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 __all__ = ["plan_trials", "wait_for_plan", "claim_trial", "retry_once", "budget_trials",
-           "duplicate_of", "BUDGET", "RETRY_OF"]
+           "duplicate_of", "BUDGET", "RETRY_OF", "WARM_START"]
 
 BUDGET = "n_trials"  # study user attr: the budget planned so far (set after its tickets exist)
 RETRY_OF = "retry_of"  # trial user attr: the number of the trial this one retries
+WARM_START = "warm_start"  # trial user attr: the known recipe a ticket carries
 PLAN_WAIT_SECONDS = 60.0  # how long a joining process waits for the creator's tickets
 
 
@@ -39,9 +40,12 @@ def wait_for_plan(study: optuna.Study, created: bool) -> None:
         time.sleep(0.5)
 
 
-def plan_trials(study: optuna.Study, n_trials: int, baseline: dict[str, Any]) -> None:
+def plan_trials(study: optuna.Study, n_trials: int, baseline: dict[str, Any],
+                known: list[tuple[str, dict[str, Any]]] = ()) -> None:
     """Make the study hold ``n_trials`` budget trials and tickets (raising --n-trials later
-    adds the missing tickets; lowering it leaves the extra tickets unclaimed)."""
+    adds the missing tickets; lowering it leaves the extra tickets unclaimed). A new study's
+    first tickets are the baseline, then the ``known`` recipes (warm start), as far as the
+    budget goes; the rest are the sampler's."""
     planned = study.user_attrs.get(BUDGET)
     if planned is not None and planned >= n_trials:
         return
@@ -49,6 +53,9 @@ def plan_trials(study: optuna.Study, n_trials: int, baseline: dict[str, Any]) ->
     if missing > 0 and not study.trials:
         study.enqueue_trial(baseline, user_attrs={"baseline": True})
         missing -= 1
+        for name, params in known[:max(missing, 0)]:
+            study.enqueue_trial(params, user_attrs={WARM_START: name})
+            missing -= 1
     for _ in range(max(missing, 0)):
         study.enqueue_trial({})
     study.set_user_attr(BUDGET, n_trials)
@@ -82,6 +89,8 @@ def retry_once(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> None:
     attrs = {RETRY_OF: trial.number}
     if trial.user_attrs.get("baseline"):
         attrs["baseline"] = True
+    if WARM_START in trial.user_attrs:
+        attrs[WARM_START] = trial.user_attrs[WARM_START]
     study.enqueue_trial(dict(trial.params), user_attrs=attrs)
 
 

@@ -200,8 +200,8 @@ def instrumented(ledger: Ledger, kind: str) -> ExitStack:
         backend = optuna.storages.get_storage(backend)  # an RDB gets Optuna's cache layer now
         return ledger.time_methods(backend, storage_methods(backend), "storage")
 
-    def make_sampler(name, seed):
-        return ledger.time_methods(real_sampler(name, seed), SAMPLER_METHODS, "sampling")
+    def make_sampler(name, seed, *args):
+        return ledger.time_methods(real_sampler(name, seed, *args), SAMPLER_METHODS, "sampling")
 
     def training_manager(recipe, catalog=None):
         return real_manager(recipe, catalog, extra_plugins=[EpochTimer(ledger)])

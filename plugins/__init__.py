@@ -6,6 +6,7 @@ from automl.hookspecs import hookimpl
 
 from .augment_policy import AugmentPolicy
 from .augmix import AugMix
+from .batch_size import BatchSize
 from .binary_cross_entropy import BinaryCrossEntropy
 from .class_weights import ClassWeights
 from .cutmix import CutMix
@@ -39,8 +40,8 @@ from .weight_init import WeightInit
 
 BUILTIN_TECHNIQUES = (  # listed (automl techniques, README) in this order
     # optimisation
-    Optimizer, LRSchedule, WeightDecay, L1Penalty, GradClip, GradAccumulation, LongTraining,
-    EarlyStopping, EMA,
+    Optimizer, LRSchedule, BatchSize, WeightDecay, L1Penalty, GradClip, GradAccumulation,
+    LongTraining, EarlyStopping, EMA,
     # augmentation
     Flip, RandomCrop, AugmentPolicy, AugMix, RandomErasing, RepeatedAugmentation, Mixup, CutMix,
     # resolution

@@ -6,7 +6,7 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from automl.hookspecs import hookimpl
-from automl.technique import Technique
+from automl.technique import Technique, When
 
 
 def restart_factor(progress: float, cycles: int) -> float:
@@ -68,7 +68,7 @@ class LRSchedule(Technique):
     stabilises high LRs, large batches and AdamW early in training. Warmup rises linearly,
     along a half cosine, or holds 0.1×LR ("constant"); one-cycle uses its own warmup.
     cosine_restarts fits ``cycles`` cosine cycles (each twice as long as the last) into the
-    post-warmup part; ``cycles`` is ignored by the other schedules.
+    post-warmup part; ``cycles`` is searched (and recorded) only with cosine_restarts.
     Suggested: cosine with 0–10% warmup; one-cycle for short budgets.
     Source: Loshchilov & Hutter, "SGDR" (2017); Goyal et al., "Accurate, Large Minibatch SGD"
     (2017); He et al., "Deep Residual Learning" (2016); Smith & Topin, "Super-Convergence"
@@ -84,6 +84,7 @@ class LRSchedule(Technique):
         "warmup_shape": CategoricalDistribution(["linear", "cosine", "constant"]),
         "cycles": IntDistribution(2, 4),
     }
+    conditions = {"cycles": When("schedule", {"cosine_restarts": IntDistribution(2, 4)})}
     defaults = {"schedule": "cosine", "warmup": 0.0, "warmup_shape": "linear", "cycles": 3}
     limits = {"warmup": (0.0, 0.9), "cycles": (1, 10)}
 

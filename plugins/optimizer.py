@@ -5,7 +5,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from timm.optim import create_optimizer_v2
 
 from automl.hookspecs import hookimpl
-from automl.technique import Technique
+from automl.technique import Technique, When
 
 #: Our choice -> (timm optimizer name, extra arguments). In timm "sgd" is Nesterov SGD and
 #: "momentum" is plain momentum SGD; both get momentum 0.9 from timm's factory.
@@ -34,8 +34,10 @@ class Optimizer(Technique):
     large batches, RMSProp the EfficientNet/MobileNet recipes. Built with timm's optimizer
     factory: SGD variants use momentum 0.9, RMSProp alpha 0.9 and momentum 0.9; LAMB clips
     the global gradient norm at 1.
-    Suggested: SGD lr 0.01–0.3; AdamW and LAMB lr 3e-4–3e-3; RMSProp lr ~1e-3
-    (searched on one log scale).
+    Suggested: SGD lr 0.01–0.5; AdamW lr 3e-4–1e-2; LAMB lr 1e-3–2e-2; RMSProp lr
+    1e-4–3e-3 (at batch 128; each optimizer is searched over its own range, named
+    ``optimizer.lr[sgd]`` and so on in the study, so the sampler learns each apart).
+    The LR is multiplied by ``state.lr_scale`` (the batch-size technique's scaling rule).
     Source: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (2019); Sutskever
     et al., "On the importance of initialization and momentum" (2013); You et al., "Large
     Batch Optimization for Deep Learning" (LAMB, 2020); Tieleman & Hinton, RMSProp (2012).
@@ -45,11 +47,22 @@ class Optimizer(Technique):
     optional = False
     space = {
         "name": CategoricalDistribution(list(TIMM_OPTIMIZERS)),
-        "lr": FloatDistribution(3e-4, 0.3, log=True),
+        "lr": FloatDistribution(1e-4, 1.0, log=True),
     }
+    # Per-family ranges at batch 128: SGD around Goyal et al.'s 0.1 × batch/256 (BN nets
+    # take up to ~0.5 in short schedules); Adam-family around their 1e-3 default; LAMB's
+    # trust ratio tolerates about 10× that; RMSProp (timm: alpha 0.9, momentum 0.9) ~1e-3.
+    conditions = {"lr": When("name", {
+        "sgd": FloatDistribution(0.01, 0.5, log=True),
+        "nesterov": FloatDistribution(0.01, 0.5, log=True),
+        "adamw": FloatDistribution(3e-4, 1e-2, log=True),
+        "lamb": FloatDistribution(1e-3, 2e-2, log=True),
+        "rmsprop": FloatDistribution(1e-4, 3e-3, log=True),
+    })}
     defaults = {"name": "sgd", "lr": 0.05}
     limits = {"lr": (1e-8, 10.0)}
 
     @hookimpl
     def build_optimizer(self, state):
-        return make_optimizer(self.params["name"], state.param_groups, self.params["lr"])
+        return make_optimizer(self.params["name"], state.param_groups,
+                              self.params["lr"] * state.lr_scale)

@@ -32,7 +32,8 @@ class WeightDecay(Technique):
 
     name = "weight_decay"
     space = {
-        "value": FloatDistribution(1e-6, 1e-1, log=True),
+        # From SGD's 5e-5 to AdamW's 0.1; below 1e-5 the decay does nothing in any budget.
+        "value": FloatDistribution(1e-5, 1e-1, log=True),
         "exclude_norm_bias": CategoricalDistribution([True, False]),
     }
     defaults = {"value": 5e-4, "exclude_norm_bias": True}

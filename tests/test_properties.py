@@ -24,7 +24,7 @@ from optuna.distributions import (
 from automl.discovery import technique_catalog
 from automl.recipe import Recipe, load_recipe
 from automl.space import SearchSpace, load_space
-from automl.technique import Technique, contains
+from automl.technique import NOT_APPLICABLE, Technique, When, contains
 from automl.yamlio import dump_yaml
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -202,14 +202,25 @@ def _check_sampled(space: SearchSpace, written: dict, fixed: dict, recipe: Recip
         if name not in recipe.techniques:
             continue
         values = recipe.techniques[name]
-        assert list(values) == list(tspace.cls.space)
+        # every parameter, in the space's order, but those whose condition does not apply
+        assert list(values) == [p for p in tspace.cls.space if p in values]
+        for param in tspace.cls.space:
+            searched = tspace.params.get(param, NOT_APPLICABLE)
+            if isinstance(searched, When):
+                searched = searched.case(values[searched.on])
+            assert (param in values) == (searched is not NOT_APPLICABLE), (name, param)
         for param, value in values.items():
             dist = tspace.cls.space[param]
+            searched = tspace.params[param]
+            if isinstance(searched, When):
+                searched = searched.case(values[searched.on])
             if param in fixed[name]:
                 assert _same(value, _typed(dist, fixed[name][param])), (name, param, value)
-            else:
-                assert contains(tspace.params[param], value), (name, param, value)
+            elif isinstance(searched, BaseDistribution):
+                assert contains(searched, value), (name, param, value)
                 assert type(value) is type(_typed(dist, value)), (name, param, value)
+            else:
+                assert _same(value, searched), (name, param, value)
 
 
 def _check_round_trip(folder: Path, recipe: Recipe) -> None:

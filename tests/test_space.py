@@ -19,11 +19,11 @@ from automl.discovery import technique_catalog
 from automl.errors import ConfigError
 from automl.recipe import Recipe, load_recipe
 from automl.space import SearchSpace, load_space
-from automl.technique import contains
+from automl.technique import NOT_APPLICABLE, When, conditional_name, contains
 from automl.yamlio import load_yaml
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
-SHIPPED = ["default.yaml", "fashion_mnist.yaml"]
+SHIPPED = ["default.yaml", "fashion_mnist.yaml", "small.yaml"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -64,7 +64,7 @@ def test_shipped_space_parses(catalog, name):
     assert {"optimizer", "lr_schedule"} <= set(space.techniques)
     for t in space.techniques.values():
         assert t.cls is catalog[t.name]
-        assert set(t.params) == set(t.cls.space)
+        assert set(t.params) <= set(t.cls.space)  # less: conditions that never apply
     assert not space.is_fixed()
 
 
@@ -89,13 +89,20 @@ def test_sampling_is_conditional_and_keeps_required_techniques(catalog, name):
                 seen_on.add(tname)
                 assert searched <= set(trial.params)
                 params = recipe.techniques[tname]
-                assert set(params) == set(tspace.cls.space)
-                for p, v in params.items():
-                    dist = tspace.params[p]
+                for p, dist in tspace.params.items():
+                    name = f"{tname}.{p}"
+                    if isinstance(dist, When):  # sampled under its case's own name
+                        choice = params[dist.on]
+                        dist, name = dist.case(choice), conditional_name(tname, p, choice)
+                        if dist is NOT_APPLICABLE:
+                            assert p not in params and name not in trial.params
+                            continue
+                    v = params[p]
                     if isinstance(dist, BaseDistribution):
-                        assert contains(dist, v) and trial.params[f"{tname}.{p}"] == v
+                        assert contains(dist, v) and trial.params[name] == v
                     else:
                         assert v == dist
+                assert set(params) <= set(tspace.params)
             else:
                 seen_off.add(tname)
                 assert not searched & set(trial.params), \
@@ -115,9 +122,18 @@ def test_baseline_enqueued_first_gives_the_defaults(catalog, name):
     study = optuna.create_study()
     study.enqueue_trial(space.baseline_params())
     recipe = space.sample(study.ask())
-    expected = {n: dict(t.cls.defaults) for n, t in space.techniques.items()
+    expected = {n: {p: v for p, v in t.cls.defaults.items() if _applies(t, p)}
+                for n, t in space.techniques.items()
                 if not t.cls.optional or t.cls.default_enabled}
     assert recipe.techniques == expected
+
+
+def _applies(tspace, param: str) -> bool:
+    """Whether a parameter takes part in the technique's defaults under this space."""
+    value = tspace.params.get(param, NOT_APPLICABLE)
+    if isinstance(value, When):
+        return value.case(tspace.cls.defaults[value.on]) is not NOT_APPLICABLE
+    return value is not NOT_APPLICABLE
 
 
 def test_baseline_clips_defaults_into_an_overridden_range(catalog, tmp_path):
