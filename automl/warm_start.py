@@ -1,0 +1,168 @@
+"""Warm start: known-good recipes a search evaluates right after its baseline.
+
+A search that starts from the technique defaults and a random sampler can spend much of a
+small budget below what a published recipe reaches in one trial. The package ships such
+recipes (``automl/search_spaces/known_recipes/*.yaml``, one per recipe, in this project's
+technique and parameter names, with the values as published and the batch size their LR was
+published for). Each is adapted to the space being searched and queued as a trial, so the
+search starts no worse than the best of them on this model and budget.
+
+Adapting keeps only the techniques the space lists, rescales the LR from the recipe's batch
+size to the space's (linear for SGD, square root for the adaptive optimizers), keeps warmup as
+a fraction of training and everything else as published; :meth:`SearchSpace.params_for` then
+clips each value into the space's ranges and keeps what the space fixes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from automl.discovery import technique_catalog
+from automl.errors import ConfigError
+from automl.space import SearchSpace
+from automl.technique import Technique
+from automl.yamlio import Lines, load_yaml
+
+__all__ = ["KnownRecipe", "known_recipes", "read_known_recipe", "adapt", "warm_start_params",
+           "LR_SCALING", "RECIPES_PACKAGE", "RECIPES_FOLDER"]
+
+RECIPES_PACKAGE = "automl.search_spaces"
+RECIPES_FOLDER = "known_recipes"
+KEYS = ("name", "source", "summary", "batch_size", "techniques")
+
+#: How an optimizer's LR follows the batch size: linearly for SGD (Goyal et al., "Accurate,
+#: Large Minibatch SGD", 2017), with its square root for the adaptive optimizers, whose update
+#: is normalised by the gradient's own scale (Krizhevsky, "One weird trick", 2014; Hoffer et
+#: al., "Train longer, generalize better", 2017; You et al. scale LAMB's LR the same way).
+LR_SCALING = {"sgd": "linear", "nesterov": "linear", "adamw": "sqrt", "lamb": "sqrt",
+              "rmsprop": "sqrt"}
+_RULES = {"linear": lambda ratio: ratio, "sqrt": math.sqrt}
+
+
+@dataclass(frozen=True)
+class KnownRecipe:
+    """A published recipe in this project's terms: technique name -> parameter values."""
+
+    name: str
+    source: str  # who published it, where
+    summary: str  # one line: what it is, what was adapted or left out
+    batch_size: int  # the batch size its LR was published for
+    techniques: dict[str, dict[str, Any]]
+
+
+def known_recipes() -> list[KnownRecipe]:
+    """Every shipped recipe, in file-name order, validated against the technique catalog.
+
+    A file that does not validate is a bug in the package (not a user's mistake), so it
+    raises ValueError naming the file and the key.
+    """
+    folder = resources.files(RECIPES_PACKAGE) / RECIPES_FOLDER
+    catalog = technique_catalog()
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".yaml")),
+                   key=lambda f: f.name)
+    return [_read(f, catalog) for f in files]
+
+
+def read_known_recipe(path: str | Path,
+                      catalog: dict[str, type[Technique]] | None = None) -> KnownRecipe:
+    """One recipe file, validated; ValueError (file:line: key: problem) if it is wrong."""
+    return _read(Path(path), technique_catalog() if catalog is None else catalog)
+
+
+def _read(file: Traversable | Path, catalog: dict[str, type[Technique]]) -> KnownRecipe:
+    with resources.as_file(file) as path:
+        try:
+            data, lines = load_yaml(path)
+        except ConfigError as exc:
+            raise ValueError(exc.format()) from None
+        return _validate(data, lines, str(path), Path(file.name).stem, catalog)
+
+
+def _validate(data: Any, lines: Lines, file: str, stem: str,
+              catalog: dict[str, type[Technique]]) -> KnownRecipe:
+    def fail(key: tuple[str, ...], message: str) -> None:
+        line = next((lines[key[:n]] for n in range(len(key), -1, -1) if key[:n] in lines), None)
+        raise ValueError(ConfigError(message, file=file, key=".".join(key) or None,
+                                     line=line).format())
+
+    if not isinstance(data, dict):
+        fail((), "expected a mapping of " + ", ".join(KEYS))
+    for key in data:
+        if key not in KEYS:
+            fail((key,), "unknown key; valid: " + ", ".join(KEYS))
+    for key in KEYS:
+        if key not in data:
+            fail((), f"missing '{key}'")
+    if data["name"] != stem:
+        fail(("name",), f"expected the file's name {stem!r}, got {data['name']!r}")
+    for key in ("source", "summary"):
+        if not isinstance(data[key], str) or not data[key].strip():
+            fail((key,), "expected a non-empty string")
+    batch = data["batch_size"]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        fail(("batch_size",), f"expected an integer >= 1, got {batch!r}")
+    if not isinstance(data["techniques"], dict) or not data["techniques"]:
+        fail(("techniques",), "expected a mapping of technique names to values")
+    techniques: dict[str, dict[str, Any]] = {}
+    for name, values in data["techniques"].items():
+        key = ("techniques", name)
+        if name not in catalog:
+            fail(key, "unknown technique; valid: " + ", ".join(sorted(catalog)))
+        values = {} if values is None else values
+        if not isinstance(values, dict):
+            fail(key, "expected a mapping of parameter names to values")
+        cls = catalog[name]
+        for param, value in values.items():
+            if param not in cls.space:
+                fail((*key, param), "unknown parameter; valid: " + (", ".join(cls.space)
+                                                                    or "none"))
+            problem = cls.check_value(param, value)
+            if problem:
+                fail((*key, param), problem)
+        techniques[name] = dict(values)
+    if "optimizer" in techniques:
+        opt = {**catalog["optimizer"].defaults, **techniques["optimizer"]}
+        if opt["name"] not in LR_SCALING:
+            fail(("techniques", "optimizer", "name"),
+                 f"no LR scaling rule for optimizer {opt['name']!r} (add it to LR_SCALING)")
+    return KnownRecipe(name=data["name"], source=data["source"], summary=data["summary"],
+                       batch_size=batch, techniques=techniques)
+
+
+def adapt(recipe: KnownRecipe, space: SearchSpace) -> dict[str, dict[str, Any]]:
+    """The recipe's technique settings for this space: techniques the space does not list are
+    dropped, the LR is rescaled from the recipe's batch size to ``space.data["batch_size"]``
+    (the batch size the space's LR ranges, and the batch-size technique, refer to), warmup
+    stays a fraction of training, every other value is as published (clipping into the
+    space's ranges is :meth:`SearchSpace.params_for`'s job)."""
+    settings = {name: dict(values) for name, values in recipe.techniques.items()
+                if name in space.techniques}
+    opt = settings.get("optimizer")
+    if opt is not None and "lr" in opt:
+        name = opt.get("name", space.techniques["optimizer"].cls.defaults["name"])
+        if name not in LR_SCALING:
+            raise ValueError(f"known recipe {recipe.name!r}: no LR scaling rule for optimizer "
+                             f"{name!r}")
+        ratio = space.data["batch_size"] / recipe.batch_size
+        opt["lr"] = opt["lr"] * _RULES[LR_SCALING[name]](ratio)
+    return settings
+
+
+def warm_start_params(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
+    """``(recipe name, trial parameters)`` of every known recipe this space can express, in
+    library order, for ``Study.enqueue_trial``. One that comes out as the baseline, or as an
+    earlier recipe (after clipping to the space), is left out: it would spend a trial on a
+    result the search already has."""
+    seen = [space.baseline_params()]
+    queued: list[tuple[str, dict[str, Any]]] = []
+    for recipe in known_recipes():
+        params = space.params_for(adapt(recipe, space))
+        if params not in seen:
+            seen.append(params)
+            queued.append((recipe.name, params))
+    return queued
