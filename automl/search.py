@@ -125,10 +125,11 @@ class SearchSettings:
         return min(int(self.min_resource), max_epochs)
 
     def confirmations(self) -> int:
-        """How many of the best trials are confirmed: "auto" is one per 20 trials, at most
-        3 (with 2 seeds each, about a tenth of the budget, the baseline included)."""
+        """How many of the best trials are confirmed: "auto" is one per 20 trials, at least
+        one from 10 trials on, at most 3 (with 2 seeds each and the baseline's, 4 to 8 more
+        trainings: a fifth of a 20-trial budget, a tenth of 60)."""
         if self.confirm_top == "auto":
-            return min(3, self.n_trials // 20)
+            return 0 if self.n_trials < 10 else min(3, max(1, self.n_trials // 20))
         return int(self.confirm_top)
 
 

@@ -22,6 +22,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from optuna.distributions import CategoricalDistribution
+
 from automl.discovery import technique_catalog
 from automl.errors import ConfigError
 from automl.space import SearchSpace
@@ -143,6 +145,8 @@ def adapt(recipe: KnownRecipe, space: SearchSpace) -> dict[str, dict[str, Any]]:
     settings = {name: dict(values) for name, values in recipe.techniques.items()
                 if name in space.techniques}
     opt = settings.get("optimizer")
+    if opt is not None and "name" in opt:
+        opt["name"] = _available_optimizer(opt["name"], space)
     if opt is not None and "lr" in opt:
         name = opt.get("name", space.techniques["optimizer"].cls.defaults["name"])
         if name not in LR_SCALING:
@@ -151,6 +155,22 @@ def adapt(recipe: KnownRecipe, space: SearchSpace) -> dict[str, dict[str, Any]]:
         ratio = space.data["batch_size"] / recipe.batch_size
         opt["lr"] = opt["lr"] * _RULES[LR_SCALING[name]](ratio)
     return settings
+
+
+#: The nearest optimizer of the same kind, for a space that does not offer the recipe's own
+#: (LAMB is AdamW with a per-layer trust ratio; Nesterov and heavy-ball SGD share their LRs).
+SUBSTITUTES = {"lamb": "adamw", "rmsprop": "adamw", "adamw": "lamb", "nesterov": "sgd",
+               "sgd": "nesterov"}
+
+
+def _available_optimizer(name: str, space: SearchSpace) -> str:
+    """``name`` if the space can choose it, else its substitute (kept when neither is
+    available: clipping then picks the space's first choice)."""
+    choice = space.techniques["optimizer"].params.get("name", name)
+    allowed = list(choice.choices) if isinstance(choice, CategoricalDistribution) else [choice]
+    if name not in allowed and SUBSTITUTES.get(name) in allowed:
+        return SUBSTITUTES[name]
+    return name
 
 
 def warm_start_params(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from automl.cli import cli
 from automl.discovery import technique_catalog
+from automl.technique import NOT_APPLICABLE
 
 SCRIPT = Path(sys.executable).parent / "automl"
 AUTOML = str(SCRIPT) if SCRIPT.exists() else shutil.which("automl")
@@ -85,10 +86,19 @@ def load_study(run_dir: Path, name: str = "tiny") -> optuna.Study:
 def baseline_recipe(epochs: int = 2) -> dict:
     """The recipe of the space's defaults: required techniques plus default-enabled ones."""
     catalog = technique_catalog()
-    techniques = {name: {"enabled": True, **catalog[name].defaults} for name in SPACE_TECHNIQUES
+    techniques = {name: {"enabled": True, **_applicable_defaults(catalog[name])}
+                  for name in SPACE_TECHNIQUES
                   if not catalog[name].optional or catalog[name].default_enabled}
     return {"model": "automl_resnet8", "data": dict(DATA), "epochs": epochs, "seed": 0,
             "techniques": techniques}
+
+
+def _applicable_defaults(cls) -> dict:
+    """A technique's defaults without the parameters its defaults' choices leave unused
+    (``cycles`` with the default cosine schedule)."""
+    return {p: v for p, v in cls.defaults.items()
+            if p not in cls.conditions
+            or cls.conditions[p].case(cls.defaults[cls.conditions[p].on]) is not NOT_APPLICABLE}
 
 
 def error_line(result) -> str:

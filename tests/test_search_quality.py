@@ -137,7 +137,9 @@ def test_auto_settings_follow_the_budget():
     assert settings.first_rung(6) == 2 and settings.first_rung(10) == 4
     assert settings.first_rung(1) == 1
     assert settings.confirmations() == 2
-    settings.n_trials = 10
+    settings.n_trials = 16
+    assert settings.confirmations() == 1
+    settings.n_trials = 9
     assert settings.confirmations() == 0
 
 
