@@ -53,7 +53,6 @@ import torch
 import yaml
 
 from automl.data import load_data
-from automl.fidelity import FIRST_RUNG, rung_correlations
 
 from .common import device_name, report
 
@@ -207,6 +206,8 @@ def run_automl(cli: str, space_file: Path, method: str, seed: int, n_trials: int
     journal = out / "study.journal"
     if not journal.exists():
         return result
+    from automl.fidelity import FIRST_RUNG, rung_correlations
+
     study = load_journal(journal, name)
     confirmations = study.user_attrs.get("confirmations") or {}
     picked = picked_trial(study, out / "best_recipe.yaml")

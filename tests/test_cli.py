@@ -412,7 +412,8 @@ def random_runs(tmp_path_factory):
     runs = {}
     for out, seed in (("A", 7), ("B", 7), ("C", 8)):
         result = invoke("search", str(space), "--out", str(root / out), "--sampler", "random",
-                        "--pruner", "none", "--n-trials", "3", "--seed", str(seed))
+                        "--pruner", "none", "--n-trials", "3", "--seed", str(seed),
+                        "--no-warm-start")
         assert result.exit_code == 0, result.output
         assert "sampler random, pruner none" in result.output
         runs[out] = load_study(root / out, "tiny1").trials

@@ -67,7 +67,7 @@ def test_failing_trials_name_plugin_and_hook_and_the_search_goes_on(tmp_path: Pa
     path.write_text(SPACE)
     space = load_space(path, catalog)
     settings = SearchSettings.from_space(space, study_name="x", run_dir=tmp_path / "run",
-                                         device="cpu")
+                                         device="cpu", warm_start=False)  # sampled draws
     alive = []
 
     class Reporter(ConsoleReporter):
@@ -124,7 +124,7 @@ def test_infinite_loss_or_score_prunes_the_trial_and_never_becomes_best(tmp_path
     path.write_text(SPACE.replace("exploding", "nonfinite"))
     space = load_space(path, catalog)
     settings = SearchSettings.from_space(space, study_name="x", run_dir=tmp_path / "run",
-                                         device="cpu")
+                                         device="cpu", warm_start=False)  # sampled draws
     study = run_search(space, settings, ConsoleReporter("val/acc1", live=False))
     reasons = {"loss": "training loss is ", "score": "val/acc1 is inf in epoch 1"}
     seen = set()
