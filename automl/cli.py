@@ -144,11 +144,14 @@ def _data_options(func):
 @click.option("--gpus", metavar="all|0,1,...",
               help="Run --jobs workers on each of these GPUs (one study, shared storage).")
 @click.option("--min-resource", metavar="N|auto",
-              help="Epochs before the first pruning decision (auto: a third of the training).")
+              help="Earliest epoch a trial may be pruned at (auto: the training / factor²).")
 @click.option("--reduction-factor", type=click.IntRange(min=2),
               help="Hyperband/SHA: keep 1 in this many trials at each rung (default 3).")
 @click.option("--startup-trials", type=click.IntRange(min=0),
               help="Random trials before TPE models (and the median pruner prunes); default 5.")
+@click.option("--rung-trust", type=click.FloatRange(-1, 1), metavar="RHO",
+              help="Prune only at epochs whose scores rank the finished trials like their "
+                   "final scores, rank correlation >= RHO (default 0.5; -1: anywhere).")
 @click.option("--warm-start/--no-warm-start", default=None,
               help="Evaluate the known recipes right after the baseline (default: on).")
 @click.option("--confirm-top", metavar="K|auto",
@@ -161,8 +164,8 @@ def _data_options(func):
 @_compile_option
 @_data_options
 def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pruner, device,
-           jobs, gpus, min_resource, reduction_factor, startup_trials, warm_start, confirm_top,
-           confirm_seeds, confirm_splits, compile, data_dir, download):
+           jobs, gpus, min_resource, reduction_factor, startup_trials, rung_trust, warm_start,
+           confirm_top, confirm_seeds, confirm_splits, compile, data_dir, download):
     """Search recipes over SPACE (a YAML file or a shipped space name; default: `default`).
 
     Running the same command again resumes the study until its --n-trials trials have run;
@@ -189,7 +192,7 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
         device=device, jobs=jobs, gpus=gpus, compile=compile, n_trials=n_trials,
         timeout=timeout, seed=seed, sampler=sampler, pruner=pruner,
         min_resource=_auto_or_int("--min-resource", min_resource, 1),
-        reduction_factor=reduction_factor, startup_trials=startup_trials,
+        reduction_factor=reduction_factor, startup_trials=startup_trials, rung_trust=rung_trust,
         warm_start=warm_start, confirm_top=_auto_or_int("--confirm-top", confirm_top, 0),
         confirm_seeds=confirm_seeds, confirm_splits=confirm_splits)
     show_warnings()

@@ -31,7 +31,7 @@ from automl.data import DataBundle, load_data
 from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
 from automl.failures import failure_reason
-from automl.fidelity import FIRST_RUNG
+from automl.fidelity import FIRST_RUNG, RUNG_TRUST, TrustedRungPruner
 from automl.heartbeat import beating, sweep_stale
 from automl.interrupts import Interrupted
 from automl.recipe import Recipe
@@ -92,6 +92,7 @@ class SearchSettings:
     min_resource: int | str = "auto"  # first rung of Hyperband/SHA, or the median's warmup
     reduction_factor: int = 3
     startup_trials: int = 5  # random trials before TPE models; the median pruner's start-up
+    rung_trust: float = 0.5  # prune only at epochs ranking trials like this (Spearman's rho)
     warm_start: bool = True  # evaluate the known recipes right after the baseline
     confirm_top: int | str = "auto"  # re-run this many of the best trials with more seeds
     confirm_seeds: int = 2
@@ -112,16 +113,18 @@ class SearchSettings:
                    sampler=study["sampler"], pruner=study["pruner"], metric=study["metric"],
                    direction=study["direction"], min_resource=study["min_resource"],
                    reduction_factor=study["reduction_factor"],
-                   startup_trials=study["startup_trials"], warm_start=study["warm_start"],
+                   startup_trials=study["startup_trials"], rung_trust=study["rung_trust"],
+                   warm_start=study["warm_start"],
                    confirm_top=study["confirm_top"], confirm_seeds=study["confirm_seeds"],
                    confirm_splits=study["confirm_splits"], device=device, jobs=jobs, gpus=gpus,
                    compile=compile)
 
     def first_rung(self, max_epochs: int) -> int:
-        """The epoch of the first pruning decision: a third of the longest training unless
-        set (epoch-1 scores of a short recipe rank trials unlike their final scores)."""
+        """The earliest epoch a trial may be pruned at: unless set, the longest training over
+        reduction_factor², so that two rungs come before the end. Whether a rung is used is
+        then up to the evidence (:class:`automl.fidelity.TrustedRungPruner`)."""
         if self.min_resource == "auto":
-            return max(1, math.ceil(max_epochs / 3))
+            return max(1, round(max_epochs / self.reduction_factor ** 2))
         return min(int(self.min_resource), max_epochs)
 
     def confirmations(self) -> int:
@@ -150,25 +153,28 @@ def make_sampler(name: str, seed: int, startup_trials: int = 5) -> optuna.sample
 
 
 def make_pruner(name: str, epochs: int, min_resource: int = 1, reduction_factor: int = 3,
-                startup_trials: int = 3) -> optuna.pruners.BasePruner:
+                startup_trials: int = 3, trust: float = -1) -> optuna.pruners.BasePruner:
     """Hyperband over epochs by default; ``none`` trains every trial to the end.
 
     ``epochs`` is the longest training a trial of the space can run (techniques such as
     long training multiply the space's epochs), so Hyperband's brackets span every trial.
-    No trial is judged before ``min_resource`` epochs.
+    No trial is judged before ``min_resource`` epochs, nor at an epoch whose scores have not
+    been seen to rank trials like their final scores (rank correlation ``trust``).
     """
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=epochs,
-                                              reduction_factor=reduction_factor)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
-                                           n_warmup_steps=min_resource - 1)
-    if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
-                                                      reduction_factor=reduction_factor)
-    if name == "none":
+        inner = optuna.pruners.HyperbandPruner(min_resource=min_resource, max_resource=epochs,
+                                               reduction_factor=reduction_factor)
+    elif name == "median":
+        inner = optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
+                                            n_warmup_steps=min_resource - 1)
+    elif name == "sha":
+        inner = optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource,
+                                                       reduction_factor=reduction_factor)
+    elif name == "none":
         return optuna.pruners.NopPruner()
-    raise UserError(f"unknown pruner '{name}'; valid: hyperband, median, sha, none")
+    else:
+        raise UserError(f"unknown pruner '{name}'; valid: hyperband, median, sha, none")
+    return TrustedRungPruner(inner, trust)
 
 
 def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
@@ -237,7 +243,7 @@ def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
     storage = open_storage(settings.storage, settings.run_dir)
     epochs = space.max_epochs()
     pruner = make_pruner(settings.pruner, epochs, settings.first_rung(epochs),
-                         settings.reduction_factor, settings.startup_trials)
+                         settings.reduction_factor, settings.startup_trials, settings.rung_trust)
     with _recording(settings, "opening the study"):
         try:
             study = optuna.create_study(study_name=settings.study_name, storage=storage,
@@ -254,6 +260,9 @@ def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
             study.set_user_attr("space_definition", space.definition())
         wait_for_plan(study, created)
     _check_same_study(study, space, settings)
+    with _recording(settings, "recording the pruning threshold"):
+        if study.user_attrs.get(RUNG_TRUST) != settings.rung_trust:
+            study.set_user_attr(RUNG_TRUST, settings.rung_trust)  # for `automl show`
     with _recording(settings, "queueing the trials"):
         known = []
         if settings.warm_start:

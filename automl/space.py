@@ -46,9 +46,10 @@ SAMPLER_SEED_RANGE = (0, 2**32 - 1)  # what numpy's RandomState (Optuna's sample
 DEFAULT_STUDY: dict[str, Any] = {
     "sampler": "tpe", "pruner": "hyperband", "n_trials": 20, "timeout": None,
     "metric": "val/acc1", "direction": "maximize", "seed": 0,
-    # fidelity: the first rung ("auto": a third of the longest training), Hyperband's
-    # reduction factor, and the trials the sampler draws at random before modelling
-    "min_resource": "auto", "reduction_factor": 3, "startup_trials": 5,
+    # fidelity: the first rung ("auto": the longest training / reduction_factor²),
+    # Hyperband's reduction factor, the trials the sampler draws at random before modelling,
+    # and the rank correlation an epoch's scores must show before trials are pruned there
+    "min_resource": "auto", "reduction_factor": 3, "startup_trials": 5, "rung_trust": 0.5,
     # known recipes evaluated right after the baseline (automl.warm_start)
     "warm_start": True,
     # the top trials re-run with more seeds before the best is named (automl.confirm)
@@ -388,6 +389,10 @@ def _parse_study(p: _Parser, study: Any) -> dict[str, Any]:
     for key, least in (("reduction_factor", 2), ("startup_trials", 0), ("confirm_seeds", 1)):
         p.expect(_is_int(out[key]) and out[key] >= least, ("study", key),
                  f"expected an integer >= {least}, got {out[key]!r}")
+    trust = out["rung_trust"]
+    p.expect(isinstance(trust, int | float) and not isinstance(trust, bool)
+             and -1 <= trust <= 1, ("study", "rung_trust"),
+             f"expected a rank correlation in [-1, 1] (-1: prune anywhere), got {trust!r}")
     for key in ("warm_start", "confirm_splits"):
         p.expect(isinstance(out[key], bool), ("study", key), "expected true or false")
     return out

@@ -15,7 +15,7 @@ from optuna.trial import TrialState, create_trial
 from automl.cli import cli
 from automl.confirm import CONFIRMATIONS, CONFIRMED_BEST, chosen_trial, verdict
 from automl.discovery import technique_catalog, training_manager
-from automl.fidelity import FIRST_RUNG, fidelity_lines, rung_correlations
+from automl.fidelity import FIRST_RUNG, TrustedRungPruner, fidelity_lines, rung_correlations
 from automl.recipe import Recipe, load_recipe
 from automl.report import SilentReporter
 from automl.search import BEST_RECIPE, SearchSettings, run_search
@@ -134,8 +134,10 @@ def test_auto_settings_follow_the_budget():
     settings = SearchSettings(study_name="s", run_dir=Path("r"), storage=None, n_trials=40,
                               timeout=None, seed=0, sampler="tpe", pruner="hyperband",
                               metric="val/acc1", direction="maximize")
-    assert settings.first_rung(6) == 2 and settings.first_rung(10) == 4
-    assert settings.first_rung(1) == 1
+    assert settings.first_rung(6) == 1 and settings.first_rung(30) == 3
+    assert settings.first_rung(90) == 10
+    settings.min_resource = 4
+    assert settings.first_rung(3) == 3
     assert settings.confirmations() == 2
     settings.n_trials = 16
     assert settings.confirmations() == 1
@@ -166,7 +168,10 @@ def test_rank_correlation_of_early_with_final_scores():
     assert (only.epoch, only.trials) == (1, 6) and only.rho == pytest.approx(1.0)
     disagree = _study_with_curves([[0.1 * i, 1 - 0.1 * i] for i in range(6)], pruned=2)
     assert rung_correlations(disagree)[0].rho == pytest.approx(-1.0)
-    assert "may have dropped good trials" in "\n".join(fidelity_lines(disagree))
+    assert "were judged before the evidence was in" in "\n".join(fidelity_lines(disagree))
+    assert "every pruned trial was stopped at a trusted epoch" in "\n".join(
+        fidelity_lines(_study_with_curves([[0.1 * i, 0.1 * i + 0.05] for i in range(6)],
+                                          pruned=2)))
     assert rung_correlations(_study_with_curves([[0.1, 0.2]] * 3)) == []  # too few trials
 
 
@@ -194,3 +199,25 @@ def test_bad_study_settings_in_a_space_name_the_key(tmp_path, study, message):
     path.write_text(f"techniques: {{optimizer: {{}}}}\nstudy: {study}\n")
     result = CliRunner().invoke(cli, ["search", str(path), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and message in result.output
+
+
+def _running(step: int) -> optuna.trial.FrozenTrial:
+    return create_trial(state=TrialState.RUNNING, params={"x": 0.5},
+                        distributions={"x": FloatDistribution(0, 1)},
+                        intermediate_values={e: 0.3 for e in range(1, step + 1)})
+
+
+def test_trials_are_pruned_only_at_epochs_that_predict_the_final_score():
+    always = optuna.pruners.ThresholdPruner(lower=2.0)  # would prune every trial anywhere
+    agree = _study_with_curves([[0.1 * i, 0.1 * i + 0.05, 0.1 * i] for i in range(6)])
+    disagree = _study_with_curves([[0.1 * i, 1 - 0.1 * i, 0.1 * i] for i in range(6)])
+    few = _study_with_curves([[0.1 * i, 0.1 * i + 0.05, 0.1 * i] for i in range(4)])
+    pruner = TrustedRungPruner(always, trust=0.5)
+    assert pruner.prune(agree, _running(1)) and pruner.prune(agree, _running(2))
+    assert not pruner.prune(agree, _running(3))  # no finished trial ran beyond it
+    pruner = TrustedRungPruner(always, trust=0.5)
+    assert pruner.prune(disagree, _running(1)) and not pruner.prune(disagree, _running(2))
+    assert not TrustedRungPruner(always, 0.5).prune(few, _running(1))  # no evidence yet
+    assert TrustedRungPruner(always, -1).prune(few, _running(1))  # trust -1: prune anywhere
+    never = optuna.pruners.NopPruner()
+    assert not TrustedRungPruner(never, 0.5).prune(agree, _running(1))
