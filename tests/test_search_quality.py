@@ -113,6 +113,13 @@ def test_a_search_warm_starts_then_confirms_its_best_trials(tmp_path):
     assert any(line.startswith("confirming the top") for line in notes)
     lines = verdict(study)
     assert lines[0].startswith("confirmed (val/acc1") and "noise" in "\n".join(lines)
+    # `automl show` prints the same verdict; `automl export` writes the confirmed winner
+    run = ["--out", str(tmp_path / "run"), "--study-name", "quality"]
+    shown = CliRunner().invoke(cli, ["show", *run])
+    assert shown.exit_code == 0 and "\n".join(lines) in shown.output
+    exported = CliRunner().invoke(cli, ["export", *run])
+    assert exported.exit_code == 0
+    assert exported.output == (tmp_path / "run" / BEST_RECIPE).read_text()
 
 
 def test_confirmation_resumes_without_repeating_runs(tmp_path):
