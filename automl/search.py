@@ -268,7 +268,7 @@ def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
         if settings.warm_start:
             from automl.warm_start import warm_start_params
 
-            known = warm_start_params(space)
+            known = warm_start_params(space, settings.n_trials)
         plan_trials(study, settings.n_trials, space.baseline_params(), known)
         tried = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
     study.sampler = make_sampler(settings.sampler, sampler_seed(settings.seed, tried, created),

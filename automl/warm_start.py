@@ -30,12 +30,16 @@ from automl.space import SearchSpace
 from automl.technique import Technique
 from automl.yamlio import Lines, load_yaml
 
-__all__ = ["KnownRecipe", "known_recipes", "read_known_recipe", "adapt", "warm_start_params",
-           "LR_SCALING", "RECIPES_PACKAGE", "RECIPES_FOLDER"]
+__all__ = ["KnownRecipe", "known_recipes", "read_known_recipe", "adapt", "by_budget",
+           "warm_start_params", "LR_SCALING", "BUDGET_SHARE", "RECIPES_PACKAGE",
+           "RECIPES_FOLDER"]
 
 RECIPES_PACKAGE = "automl.search_spaces"
 RECIPES_FOLDER = "known_recipes"
-KEYS = ("name", "source", "summary", "batch_size", "techniques")
+KEYS = ("name", "source", "summary", "batch_size", "epochs", "techniques")
+#: The most of a search's budget the known recipes take (at least one trial): a known recipe
+#: is a strong start, but a small budget spent on many of them leaves little to search.
+BUDGET_SHARE = 0.25
 
 #: How an optimizer's LR follows the batch size: linearly for SGD (Goyal et al., "Accurate,
 #: Large Minibatch SGD", 2017), with its square root for the adaptive optimizers, whose update
@@ -54,6 +58,7 @@ class KnownRecipe:
     source: str  # who published it, where
     summary: str  # one line: what it is, what was adapted or left out
     batch_size: int  # the batch size its LR was published for
+    epochs: int  # the training length it was published for
     techniques: dict[str, dict[str, Any]]
 
 
@@ -105,9 +110,10 @@ def _validate(data: Any, lines: Lines, file: str, stem: str,
     for key in ("source", "summary"):
         if not isinstance(data[key], str) or not data[key].strip():
             fail((key,), "expected a non-empty string")
-    batch = data["batch_size"]
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        fail(("batch_size",), f"expected an integer >= 1, got {batch!r}")
+    for key in ("batch_size", "epochs"):
+        number = data[key]
+        if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+            fail((key,), f"expected an integer >= 1, got {number!r}")
     if not isinstance(data["techniques"], dict) or not data["techniques"]:
         fail(("techniques",), "expected a mapping of technique names to values")
     techniques: dict[str, dict[str, Any]] = {}
@@ -133,7 +139,8 @@ def _validate(data: Any, lines: Lines, file: str, stem: str,
             fail(("techniques", "optimizer", "name"),
                  f"no LR scaling rule for optimizer {opt['name']!r} (add it to LR_SCALING)")
     return KnownRecipe(name=data["name"], source=data["source"], summary=data["summary"],
-                       batch_size=batch, techniques=techniques)
+                       batch_size=data["batch_size"], epochs=data["epochs"],
+                       techniques=techniques)
 
 
 def adapt(recipe: KnownRecipe, space: SearchSpace) -> dict[str, dict[str, Any]]:
@@ -173,16 +180,26 @@ def _available_optimizer(name: str, space: SearchSpace) -> str:
     return name
 
 
-def warm_start_params(space: SearchSpace) -> list[tuple[str, dict[str, Any]]]:
-    """``(recipe name, trial parameters)`` of every known recipe this space can express, in
-    library order, for ``Study.enqueue_trial``. One that comes out as the baseline, or as an
-    earlier recipe (after clipping to the space), is left out: it would spend a trial on a
-    result the search already has."""
+def by_budget(recipes: list[KnownRecipe], epochs: int) -> list[KnownRecipe]:
+    """Recipes made for a training length like ``epochs`` first (ratio of lengths on a log
+    scale): a 10-epoch recipe's regularisation suits a 5-epoch budget, a 600-epoch one's
+    (strong augmentation, mixing) needs the long schedule it was made for."""
+    return sorted(recipes, key=lambda r: (abs(math.log(r.epochs / epochs)), r.name))
+
+
+def warm_start_params(space: SearchSpace, budget: int | None = None
+                      ) -> list[tuple[str, dict[str, Any]]]:
+    """``(recipe name, trial parameters)`` of the known recipes this space can express, those
+    made for a training length nearest the space's first, at most :data:`BUDGET_SHARE` of a
+    ``budget`` of trials (at least one), for ``Study.enqueue_trial``. One that comes out as
+    the baseline, or as an earlier recipe (after clipping to the space), is left out: it
+    would spend a trial on a result the search already has."""
+    limit = None if budget is None else max(1, int(budget * BUDGET_SHARE))
     seen = [space.baseline_params()]
     queued: list[tuple[str, dict[str, Any]]] = []
-    for recipe in known_recipes():
+    for recipe in by_budget(known_recipes(), space.epochs):
         params = space.params_for(adapt(recipe, space))
         if params not in seen:
             seen.append(params)
             queued.append((recipe.name, params))
-    return queued
+    return queued[:limit]

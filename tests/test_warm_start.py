@@ -17,6 +17,7 @@ from automl.warm_start import (
     LR_SCALING,
     KnownRecipe,
     adapt,
+    by_budget,
     known_recipes,
     read_known_recipe,
     warm_start_params,
@@ -60,7 +61,7 @@ def test_every_known_recipe_loads_and_validates(catalog, recipes):
     for recipe in recipes.values():
         assert recipe.source.strip() and recipe.summary.strip()
         assert "\n" not in recipe.summary
-        assert recipe.batch_size >= 1
+        assert recipe.batch_size >= 1 and recipe.epochs >= 1
         assert "optimizer" in recipe.techniques and "lr" in recipe.techniques["optimizer"]
         assert recipe.techniques["optimizer"]["name"] in LR_SCALING
         for name, values in recipe.techniques.items():
@@ -75,10 +76,13 @@ def test_every_known_recipe_loads_and_validates(catalog, recipes):
     ("techniques: {mixup: {beta: 0.2}}", "techniques.mixup.beta"),
     ("techniques: {mixup: {alpha: -1.0}}", "techniques.mixup.alpha"),
     ("techniques: {optimizer: {name: adam}}", "techniques.optimizer.name"),
-    ("techniques: {mixup: {alpha: 0.2}}\nepochs: 3", "epochs"),
+    ("techniques: {mixup: {alpha: 0.2}}\nepochs: 0", "epochs"),
+    ("techniques: {mixup: {alpha: 0.2}}\nepochs: 3\nrounds: 3", "rounds"),
 ])
 def test_a_bad_recipe_file_names_file_and_key(tmp_path, catalog, body, key):
     path = tmp_path / "bad.yaml"
+    if "epochs" not in body:
+        body += "\nepochs: 3"
     path.write_text("name: bad\nsource: s\nsummary: s\nbatch_size: 128\n" + body + "\n",
                     encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.yaml:\d+: " + re.escape(key) + ": "):
@@ -87,7 +91,7 @@ def test_a_bad_recipe_file_names_file_and_key(tmp_path, catalog, body, key):
 
 def test_a_recipe_named_unlike_its_file_is_refused(tmp_path, catalog):
     path = tmp_path / "mine.yaml"
-    path.write_text("name: other\nsource: s\nsummary: s\nbatch_size: 128\n"
+    path.write_text("name: other\nsource: s\nsummary: s\nbatch_size: 128\nepochs: 3\n"
                     "techniques: {mixup: {}}\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"mine\.yaml:1: name: "):
         read_known_recipe(path, catalog)
@@ -163,3 +167,14 @@ def test_the_space_samples_every_warm_start_exactly(default_space):
         "label_smoothing": {"smoothing": 0.2},
         "ema": {"decay": 0.99},
     }
+
+
+def test_recipes_made_for_a_similar_budget_come_first_and_take_a_share_of_it(catalog):
+    recipes = known_recipes()
+    assert [r.name for r in by_budget(recipes, 5)][:2] == ["page_2019_cifar10_fast",
+                                                          "timm_a3"]
+    assert by_budget(recipes, 600)[0].epochs == 600
+    space = load_space(SPACES / "default.yaml", catalog)
+    everything = warm_start_params(space)
+    assert warm_start_params(space, budget=16) == everything[:4]
+    assert warm_start_params(space, budget=2) == everything[:1]
