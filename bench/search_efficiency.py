@@ -493,7 +493,9 @@ def main() -> None:
     targets = {key: [r["targets"][key]["met"] for r in results.values()] for key in TARGETS}
     all_met = {key: (all(v) if v and None not in v else None) for key, v in targets.items()}
     print(f"\nall datasets: {all_met}  ({time.perf_counter() - started:.0f} s)")
-    report("search_efficiency", {
+    # one result file per dataset set, so a run on one dataset never replaces another's
+    label = "" if sorted(names) == sorted(DATASETS) else "-" + "-".join(names)
+    report(f"search_efficiency{label}", {
         "benchmark": "search_efficiency", "device": device_name(torch.device("cpu")),
         "quick": args.quick, "missing_flags": missing,
         "settings": {"trials": n_trials, "seeds": seeds, "jobs": args.jobs,
