@@ -53,6 +53,7 @@ from automl.trial_queue import (
     retry_once,
     wait_for_plan,
 )
+from automl.warm_start import warm_start_params
 from automl.yamlio import write_atomic
 
 __all__ = ["SearchSettings", "Reporter", "run_search", "create_study", "run_trials",
@@ -264,11 +265,7 @@ def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
         if study.user_attrs.get(RUNG_TRUST) != settings.rung_trust:
             study.set_user_attr(RUNG_TRUST, settings.rung_trust)  # for `automl show`
     with _recording(settings, "queueing the trials"):
-        known = []
-        if settings.warm_start:
-            from automl.warm_start import warm_start_params
-
-            known = warm_start_params(space, settings.n_trials)
+        known = warm_start_params(space, settings.n_trials) if settings.warm_start else []
         plan_trials(study, settings.n_trials, space.baseline_params(), known)
         tried = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
     study.sampler = make_sampler(settings.sampler, sampler_seed(settings.seed, tried, created),
