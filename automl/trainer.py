@@ -217,9 +217,28 @@ def device_batches(split: Split, batches: Iterable[torch.Tensor], state: TrainSt
     loader = torch.utils.data.DataLoader(
         split.images.dataset(split.labels), batch_sampler=[b.tolist() for b in batches],
         num_workers=split.images.workers, pin_memory=cuda)
-    for images, labels in loader:
+    batches_of = iter(loader)
+    while True:
+        try:
+            images, labels = next(batches_of)
+        except StopIteration:
+            return
+        except (ConnectionError, EOFError) as exc:  # a worker died mid-transfer
+            raise _dead_worker(batches_of) or exc from exc
         yield (images.to(state.device, non_blocking=cuda),
                labels.to(state.device, non_blocking=cuda))
+
+
+def _dead_worker(batches_of) -> RuntimeError | None:
+    """The error torch raises for a killed DataLoader worker, when a worker's death reached
+    this process as a broken connection instead (it depends on timing): names its pid."""
+    for worker in getattr(batches_of, "_workers", []):  # torch keeps its processes private
+        if not worker.is_alive() and worker.exitcode:  # is_alive() reaps a dead worker
+            how = (f"killed by signal {-worker.exitcode}" if worker.exitcode < 0
+                   else f"exit code {worker.exitcode}")
+            return RuntimeError(f"DataLoader worker (pid {worker.pid}) exited unexpectedly "
+                                f"({how})")
+    return None
 
 
 def release_memory(device: torch.device, model: weakref.ref | None = None) -> None:
