@@ -1,6 +1,8 @@
-"""Small tensor helpers shared by several techniques."""
+"""Small helpers shared by several techniques (and the core): tensors, and the LR scaling rule."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -33,3 +35,13 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     shrink = size < images.shape[-1]
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
                          antialias=shrink).contiguous(memory_format=torch.channels_last)
+
+
+#: LR multiplier for a batch ``ratio`` times the reference batch, by rule: linear (Goyal et
+#: al., 2017), square root (Krizhevsky, 2014; Hoffer et al., 2017) or none.
+LR_SCALING_RULES = {"linear": lambda ratio: ratio, "sqrt": math.sqrt, "none": lambda ratio: 1.0}
+
+
+def lr_scale(rule: str, batch: int, reference: int) -> float:
+    """How much to multiply the LR by when training at ``batch`` instead of ``reference``."""
+    return LR_SCALING_RULES[rule](batch / reference)

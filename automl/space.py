@@ -97,14 +97,9 @@ class TechniqueSpace:
         out (it does not apply to the choice made)."""
         values: dict[str, Any] = {}
         for p, v in self.params.items():
-            if isinstance(v, When):
-                v = v.case(values[v.on])
-                if v is NOT_APPLICABLE:
-                    continue
-                name = conditional_name(self.name, p, values[self.params[p].on])
-            else:
-                name = f"{self.name}.{p}"
-            values[p] = suggest(trial, name, v) if isinstance(v, BaseDistribution) else v
+            name, v = self._resolved(p, v, values)
+            if v is not NOT_APPLICABLE:
+                values[p] = suggest(trial, name, v) if isinstance(v, BaseDistribution) else v
         return values
 
     def trial_params(self, wanted: dict[str, Any]) -> dict[str, Any]:
@@ -113,18 +108,20 @@ class TechniqueSpace:
         params: dict[str, Any] = {}
         values: dict[str, Any] = {}
         for p, v in self.params.items():
-            target = wanted.get(p, self.cls.defaults[p])
-            name = f"{self.name}.{p}"
-            if isinstance(v, When):
-                name = conditional_name(self.name, p, values[v.on])
-                v = v.case(values[v.on])
-                if v is NOT_APPLICABLE:
-                    continue
+            name, v = self._resolved(p, v, values)
             if isinstance(v, BaseDistribution):
-                values[p] = params[name] = _nearest(v, target)
-            else:
+                values[p] = params[name] = _nearest(v, wanted.get(p, self.cls.defaults[p]))
+            elif v is not NOT_APPLICABLE:
                 values[p] = v
         return params
+
+    def _resolved(self, param: str, value: Any, chosen: dict[str, Any]) -> tuple[str, Any]:
+        """The Optuna name and the distribution or value of ``param`` given the values
+        ``chosen`` so far (a condition becomes its case, or NOT_APPLICABLE)."""
+        if isinstance(value, When):
+            choice = chosen[value.on]
+            return conditional_name(self.name, param, choice), value.case(choice)
+        return f"{self.name}.{param}", value
 
 
 @dataclass

@@ -26,6 +26,7 @@ from optuna.distributions import CategoricalDistribution
 
 from automl.discovery import technique_catalog
 from automl.errors import ConfigError
+from automl.functional import lr_scale
 from automl.space import SearchSpace
 from automl.technique import Technique
 from automl.yamlio import Lines, load_yaml
@@ -47,7 +48,6 @@ BUDGET_SHARE = 0.25
 #: al., "Train longer, generalize better", 2017; You et al. scale LAMB's LR the same way).
 LR_SCALING = {"sgd": "linear", "nesterov": "linear", "adamw": "sqrt", "lamb": "sqrt",
               "rmsprop": "sqrt"}
-_RULES = {"linear": lambda ratio: ratio, "sqrt": math.sqrt}
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,7 @@ def adapt(recipe: KnownRecipe, space: SearchSpace) -> dict[str, dict[str, Any]]:
         if name not in LR_SCALING:
             raise ValueError(f"known recipe {recipe.name!r}: no LR scaling rule for optimizer "
                              f"{name!r}")
-        ratio = space.data["batch_size"] / recipe.batch_size
-        opt["lr"] = opt["lr"] * _RULES[LR_SCALING[name]](ratio)
+        opt["lr"] *= lr_scale(LR_SCALING[name], space.data["batch_size"], recipe.batch_size)
     return settings
 
 

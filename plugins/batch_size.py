@@ -1,23 +1,10 @@
 from __future__ import annotations
 
-import math
-
 from optuna.distributions import CategoricalDistribution
 
+from automl.functional import lr_scale
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
-
-#: LR multiplier for a batch ``ratio`` times the reference batch, by rule.
-SCALING_RULES = {
-    "none": lambda ratio: 1.0,
-    "linear": lambda ratio: ratio,
-    "sqrt": math.sqrt,
-}
-
-
-def lr_scale(rule: str, batch: int, reference: int) -> float:
-    """How much to multiply the LR by when training at ``batch`` instead of ``reference``."""
-    return SCALING_RULES[rule](batch / reference)
 
 
 class BatchSize(Technique):
