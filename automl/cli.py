@@ -245,7 +245,7 @@ def _apply_data_options(data: dict, data_dir, download) -> None:
 @_common_run_options
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1))
 def show(study_name, out, storage, top):
-    """List the best trials of a study."""
+    """List the best trials of a study, the confirmed means and the pruning check."""
     from automl.report import trials_table
     from automl.search import open_study
 
@@ -263,7 +263,8 @@ def show(study_name, out, storage, top):
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the recipe here (default: print it).")
 def export(study_name, out, storage, trial_number, output):
-    """Export the best recipe of a study (or --trial N) as YAML."""
+    """Export the best recipe of a study (or --trial N) as YAML: the confirmed winner when
+    the search re-ran its best trials, else the best single score."""
     from automl.confirm import chosen_trial
     from automl.search import open_study, trial_recipe
     from automl.yamlio import write_atomic
