@@ -16,7 +16,7 @@ import torch
 
 from automl.errors import ConfigError, exception_line
 
-__all__ = ["LoadReport", "load_matching", "load_weights"]
+__all__ = ["LoadReport", "load_matching", "load_weights", "read_checkpoint"]
 
 #: Keys under which common training tools nest the weights in a checkpoint.
 WRAPPER_KEYS = ("state_dict", "model")
@@ -25,6 +25,12 @@ WRAPPER_KEYS = ("state_dict", "model")
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file (a ``state_dict``, bare or under ``state_dict`` /
     ``model``), on the CPU; a one-line ConfigError naming the file for anything else."""
+    return _state_dict(read_checkpoint(path), Path(path))
+
+
+def read_checkpoint(path: str | Path) -> object:
+    """What a ``.pt`` file holds (tensors and plain containers only), on the CPU; a one-line
+    ConfigError naming the file when it is missing, not a checkpoint, or carries code."""
     path = Path(path)
     if not path.is_file():
         problem = "is a folder, not a weights file" if path.is_dir() else "no such file"
@@ -39,7 +45,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
                               f"{_refusal_reason(str(exc))})", file=str(path)) from None
         raise ConfigError(f"not a PyTorch weights file ({exception_line(exc)})",
                           file=str(path)) from None
-    return _state_dict(obj, path)
+    return obj
 
 
 def _state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:

@@ -118,6 +118,14 @@ def _compile_option(func):
                              "GPU).")(func)
 
 
+def _log_option(func):
+    return click.option("--log", multiple=True, metavar="tensorboard|mlflow",
+                        help="Record every trial's epochs and values, one run per trial: "
+                             "tensorboard (DIR/tensorboard/), mlflow (experiment STUDY_NAME in "
+                             "$MLFLOW_TRACKING_URI, else DIR/mlflow.db); repeat it or give a "
+                             "comma list.")(func)
+
+
 def _data_options(func):
     func = click.option("--download", is_flag=True, default=None,
                         help="Allow downloading the dataset (torchvision sets only).")(func)
@@ -162,10 +170,11 @@ def _data_options(func):
 @click.option("--confirm-splits", is_flag=True, default=None,
               help="Confirmation runs also draw another validation split.")
 @_compile_option
+@_log_option
 @_data_options
 def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pruner, device,
            jobs, gpus, min_resource, reduction_factor, startup_trials, rung_trust, warm_start,
-           confirm_top, confirm_seeds, confirm_splits, compile, data_dir, download):
+           confirm_top, confirm_seeds, confirm_splits, compile, log, data_dir, download):
     """Search recipes over SPACE (a YAML file or a shipped space name; default: `default`).
 
     Running the same command again resumes the study until its --n-trials trials have run;
@@ -179,9 +188,11 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
     """
     from automl.discovery import technique_catalog
     from automl.interrupts import Interrupted, stop_on_signals
-    from automl.report import ConsoleReporter, show_warnings, trials_table
+    from automl.report import ConsoleReporter, show_warnings, summary_lines, trials_table
     from automl.search import BEST_RECIPE, SearchSettings, run_search
     from automl.space import load_space
+    from automl.study_select import storage_text
+    from automl.tracking import parse_targets
 
     path = resolve_space_path(space)
     name = check_study_name(study_name or path.stem)
@@ -189,7 +200,8 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
     _apply_data_options(parsed.data, data_dir, download)
     settings = SearchSettings.from_space(
         parsed, study_name=name, run_dir=out or Path("runs") / name, storage=storage,
-        device=device, jobs=jobs, gpus=gpus, compile=compile, n_trials=n_trials,
+        device=device, jobs=jobs, gpus=gpus, compile=compile, log=parse_targets(log),
+        n_trials=n_trials,
         timeout=timeout, seed=seed, sampler=sampler, pruner=pruner,
         min_resource=_auto_or_int("--min-resource", min_resource, 1),
         reduction_factor=reduction_factor, startup_trials=startup_trials, rung_trust=rung_trust,
@@ -206,6 +218,7 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
                        f"again; run the same command to resume{kept}", err=True)
             sys.exit(exc.exit_code)
     click.echo("\n" + trials_table(study, settings.metric))
+    click.echo("\n" + "\n".join(summary_lines(study, storage_text(settings.run_dir, storage))))
     _print_judgement(study)
     if best.exists():
         click.echo(f"\nbest recipe: {best}\nretrain it:  automl train {best}")
@@ -240,37 +253,58 @@ def _apply_data_options(data: dict, data_dir, download) -> None:
         data["download"] = True
 
 
+_STUDY_NAME_HELP = ("The study (default: the only one in the run folder or storage, else the "
+                    "most recently active one under runs/; the one used is printed).")
+
+
 @cli.command()
-@click.option("--study-name", default="default", show_default=True)
+@click.option("--study-name", help=_STUDY_NAME_HELP)
 @_common_run_options
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1))
-def show(study_name, out, storage, top):
-    """List the best trials of a study, the confirmed means and the pruning check."""
-    from automl.report import trials_table
-    from automl.search import open_study
+@click.option("--trial", "trial_number", type=int,
+              help="Show this trial in full: state, why it ended, parameters, scores per "
+                   "epoch, metrics and a failed trial's traceback.")
+def show(study_name, out, storage, top, trial_number):
+    """List the best trials of a study, how the trials ended, the best against the baseline,
+    the confirmed means and the pruning check (or one trial in full with --trial N)."""
+    from automl.report import summary_lines, trial_details, trials_table
+    from automl.study_select import select_study
 
-    check_study_name(study_name)
-    study = open_study(study_name, out or Path("runs") / study_name, storage)
+    study = select_study(study_name, out, storage)
+    if trial_number is not None:
+        click.echo(trial_details(study, trial_number))
+        return
     metric = study.user_attrs.get("metric", "value")
     click.echo(trials_table(study, metric, top))
+    click.echo("\n" + "\n".join(summary_lines(study)))
     _print_judgement(study)
 
 
 @cli.command()
-@click.option("--study-name", default="default", show_default=True)
+@click.option("--study-name", help=_STUDY_NAME_HELP)
 @_common_run_options
 @click.option("--trial", "trial_number", type=int, help="Export this trial instead of the best.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the recipe here (default: print it).")
-def export(study_name, out, storage, trial_number, output):
-    """Export the best recipe of a study (or --trial N) as YAML: the confirmed winner when
-    the search re-ran its best trials, else the best single score."""
+@click.option("--format", "fmt", type=click.Choice(["recipe", "timm", "torchvision"]),
+              default="recipe", show_default=True,
+              help="recipe: this project's YAML (automl train reads it); timm: an args.yaml "
+                   "for timm's train.py --config; torchvision: a command line for "
+                   "torchvision's references/classification/train.py. The last two list "
+                   "what they cannot express in a comment at the top.")
+def export(study_name, out, storage, trial_number, output, fmt):
+    """Export the best recipe of a study (or --trial N): the confirmed winner when the search
+    re-ran its best trials, else the best single score. The file records its provenance
+    (study, trial, score, versions)."""
     from automl.confirm import chosen_trial
-    from automl.search import open_study, trial_recipe
+    from automl.exports import export_text
+    from automl.provenance import with_provenance
+    from automl.search import trial_recipe
+    from automl.study_select import select_study
     from automl.yamlio import write_atomic
 
-    check_study_name(study_name)
-    study = open_study(study_name, out or Path("runs") / study_name, storage)
+    study = select_study(study_name, out, storage)
+    study_name = study.study_name
     if trial_number is None:
         try:
             trial = chosen_trial(study)
@@ -282,12 +316,33 @@ def export(study_name, out, storage, trial_number, output):
             raise UserError(f"study '{study_name}' has no trial {trial_number} "
                             f"(it has 0..{len(study.trials) - 1})")
         trial = matches[0]
-    text = trial_recipe(trial).to_yaml()
+    chosen = "" if trial_number is not None else " (the best)"
+    click.echo(f"trial {trial.number}{chosen}", err=True)
+    text = export_text(with_provenance(trial_recipe(trial), study, trial), fmt)
     if output:
         write_atomic(output, text)
-        click.echo(f"wrote trial {trial.number}'s recipe to {output}")
+        click.echo(f"wrote trial {trial.number}'s recipe ({fmt} format) to {output}")
     else:
         click.echo(text, nl=False)
+
+
+@cli.command()
+@click.option("--study-name", help=_STUDY_NAME_HELP)
+@_common_run_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; the dashboard can change "
+                   "the study, so only on a trusted network).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+def dashboard(study_name, out, storage, host, port):
+    """Open optuna-dashboard on a study's storage (every study in it), live while a search
+    runs. Needs the extra: pip install 'automl-recipes[dashboard]'."""
+    from automl.dashboard import require_dashboard, serve
+    from automl.study_select import select_study
+
+    require_dashboard()
+    study = select_study(study_name, out, storage)
+    click.echo(f"optuna-dashboard: http://{host}:{port}/dashboard/  (Ctrl-C stops it)")
+    serve(study, host, port)
 
 
 @cli.command()
@@ -303,10 +358,18 @@ def export(study_name, out, storage, trial_number, output):
 @click.option("--include-val", is_flag=True,
               help="Train on training + validation images (a final model; val scores are then "
                    "not held out).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier run in --out (default: refuse, before training).")
 @_compile_option
 @_data_options
-def train(recipe, out, device, seed, train_fraction, include_val, compile, data_dir, download):
-    """Retrain RECIPE, evaluate the test split once, save weights and metrics."""
+def train(recipe, out, device, seed, train_fraction, include_val, overwrite, compile, data_dir,
+          download):
+    """Retrain RECIPE, evaluate the test split once, save the model, metrics and recipe.
+
+    OUT/model.pt keeps the model with everything needed to use it (automl predict, automl
+    evaluate, automl.load_model); metrics.json adds per-class recall, precision and the
+    confusion matrix of the test and val splits. A folder holding an earlier run is refused.
+    """
     from automl.discovery import technique_catalog
     from automl.recipe import load_recipe
     from automl.replay import replay
@@ -328,10 +391,21 @@ def train(recipe, out, device, seed, train_fraction, include_val, compile, data_
 
     metrics = replay(parsed, out, device=device, progress=progress, compile=compile, seed=seed,
                      train_fraction=1.0 if train_fraction is None else train_fraction,
-                     include_val=include_val)
+                     include_val=include_val, overwrite=overwrite)
     click.echo(f"test/acc1 {metrics['test/acc1']:.4f}  test/balanced_acc "
                f"{metrics['test/balanced_acc']:.4f}  test/loss {metrics['test/loss']:.4f}")
+    click.echo(_test_class_table(out))
     click.echo(f"saved {out / 'model.pt'}, {out / 'metrics.json'}, {out / 'recipe.yaml'}")
+
+
+def _test_class_table(out: Path) -> str:
+    """The per-class results of the test split, as saved in OUT/metrics.json."""
+    import json
+
+    from automl.class_metrics import class_table
+
+    return "test, per class:\n" + class_table(
+        json.loads((out / "metrics.json").read_text())["per_class"]["test"])
 
 
 @cli.command()
@@ -388,6 +462,114 @@ def plugins():
         click.echo(f"    {tname:<20} {', '.join(hooks)}")
     for plugin_name, why in skipped_plugins().items():
         click.echo(f"{plugin_name}: not loaded ({why})")
+
+
+@cli.command()
+@click.option("--study-name", help=_STUDY_NAME_HELP)
+@_common_run_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the page here, the PNGs next to it (default: "
+                   "DIR/report/report.html).")
+def report(study_name, out, storage, output):
+    """Write a study's report: one self-contained HTML page (opens from disk, no network)
+    and its plots as PNGs. Needs the extra: pip install 'automl-recipes[report]'."""
+    from automl.html_report import report_path, require_report_extra, write_report
+    from automl.study_select import select_study
+
+    require_report_extra()
+    study = select_study(study_name, out, storage)
+    written = write_report(study, output or report_path(study.study_name, out, storage))
+    click.echo(f"wrote {written[0]}")
+    click.echo(f"plots: {', '.join(p.name for p in written[1:]) or 'none'} "
+               f"(in {written[0].parent})")
+
+
+_MODEL_ARGUMENT = click.argument("model", type=click.Path(path_type=Path))
+_INFERENCE_DEVICE = click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when "
+                                                  "present).")
+
+
+@cli.command()
+@_MODEL_ARGUMENT
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top", default=3, show_default=True, type=click.IntRange(min=1),
+              help="How many of the most likely classes to show per image.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the predictions to a .csv or .json file instead of printing them.")
+@_INFERENCE_DEVICE
+def predict(model, images, top, output, device):
+    """Predict the class of IMAGES (files, or folders searched recursively) with MODEL, the
+    model.pt (or run folder) of `automl train`.
+
+    Images of another size or channel count are converted as training read image folders
+    (grayscale or RGB, bilinear resize). Prints one line per image: the predicted class,
+    its probability and the --top most likely classes.
+    """
+    from automl.inference import (
+        image_files,
+        inference_device,
+        predict_files,
+        prediction_format,
+        prediction_lines,
+        write_predictions,
+    )
+    from automl.model_file import load_model
+
+    if output:
+        prediction_format(output)  # before any work
+    files = image_files(images)
+    loaded = load_model(model, inference_device(device))
+    predictions = predict_files(loaded, files, top)
+    if output:
+        write_predictions(output, predictions)
+        click.echo(f"wrote {len(predictions)} predictions to {output}")
+    else:
+        click.echo("\n".join(prediction_lines(predictions)))
+
+
+@cli.command()
+@_MODEL_ARGUMENT
+@click.option("--data", required=True, metavar="FOLDER|DATASET",
+              help="A labelled image folder (one sub-folder per class, named as the model's "
+                   "classes) or a dataset name (digits, cifar10, ...).")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test",
+              show_default=True, help="The dataset's split to evaluate (a folder: all of it).")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Where datasets are looked for.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the results (per class, confusion matrix) as JSON.")
+@_INFERENCE_DEVICE
+def evaluate(model, data, split, data_dir, output, device):
+    """Score MODEL (the model.pt or run folder of `automl train`) on labelled images:
+    accuracy, balanced accuracy, per-class recall and precision, confusion matrix."""
+    import json
+
+    from automl.class_metrics import class_table, confusion_table
+    from automl.data import available_datasets
+    from automl.inference import evaluate_dataset, evaluate_folder, inference_device
+    from automl.model_file import load_model
+    from automl.yamlio import write_atomic
+
+    folder = Path(data) if Path(data).is_dir() else None
+    if folder is None and data not in available_datasets():
+        raise UserError(f"--data {data}: not a folder, nor a dataset (datasets: "
+                        f"{', '.join(available_datasets())})")
+    loaded = load_model(model, inference_device(device))
+    if folder is not None:
+        report, source = evaluate_folder(loaded, folder), f"folder {folder}"
+    else:
+        report = evaluate_dataset(loaded, data, split, data_dir)
+        source = f"dataset {data}, {split} split"
+    images = sum(report["support"].values())
+    click.echo(f"{source}: {images} images  accuracy {report['accuracy']:.4f}  "
+               f"balanced accuracy {report['balanced_accuracy']:.4f}")
+    click.echo(class_table(report))
+    matrix = confusion_table(report)
+    if matrix:
+        click.echo(matrix)
+    if output:
+        write_atomic(output, json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {output}")
 
 
 def main() -> None:

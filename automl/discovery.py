@@ -17,10 +17,10 @@ import pluggy
 
 from automl import hookspecs
 from automl.errors import UserError
-from automl.technique import Technique
 
 if TYPE_CHECKING:
     from automl.recipe import Recipe
+    from automl.technique import Technique
 
 __all__ = ["ENTRY_POINT_GROUP", "ALLOW_ENV", "DISABLE_ENV", "discovery_manager",
            "plugin_origin", "skipped_plugins", "technique_catalog", "training_manager",
@@ -50,6 +50,8 @@ def discovery_manager() -> pluggy.PluginManager:
             obj = ep.load()
         except Exception as exc:  # a broken third-party install must say which one
             raise UserError(f"plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+        from automl.technique import Technique  # here: --help without plugins needs no Optuna
+
         if isinstance(obj, type) and issubclass(obj, Technique):
             obj = _SingleTechnique(obj)
         _register(pm, obj, ep.name)
@@ -127,6 +129,8 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> None:
 @functools.cache
 def technique_catalog() -> dict[str, type[Technique]]:
     """Every registered technique class by name, each validated and its hooks checked."""
+    from automl.technique import Technique
+
     pm = discovery_manager()
     catalog: dict[str, type[Technique]] = {}
     sources: dict[str, str] = {}

@@ -1,15 +1,22 @@
-"""Small helpers shared by several techniques (and the core): tensors, and the LR scaling rule."""
+"""Small helpers shared by several techniques (and the core): tensors, and the LR scaling rule.
+
+torch is imported inside the tensor helpers, so a technique module can import this one while
+``automl techniques`` and ``--help`` still start without torch.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
+if TYPE_CHECKING:
+    import torch
 
 
 def soft_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Class indices as one-hot float rows; soft rows pass through unchanged."""
+    import torch.nn.functional as F
+
     if targets.dim() == 2:
         return targets
     return F.one_hot(targets, num_classes).float()
@@ -17,6 +24,8 @@ def soft_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def sample_beta(alpha: float, n: int, generator: torch.Generator) -> torch.Tensor:
     """n draws of Beta(α, α) from ``generator`` (on its device), via two Gamma draws."""
+    import torch
+
     concentration = torch.full((n,), float(alpha), device=generator.device)
     a = torch._standard_gamma(concentration, generator=generator)
     b = torch._standard_gamma(concentration, generator=generator)
@@ -30,6 +39,9 @@ def per_sample(mask: torch.Tensor) -> torch.Tensor:
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """Float images resized to size×size (bilinear, antialiased when shrinking)."""
+    import torch
+    import torch.nn.functional as F
+
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
     shrink = size < images.shape[-1]

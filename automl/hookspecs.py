@@ -146,7 +146,8 @@ class TrainingSpecs:
     def on_validation(self, state: TrainState, metrics: dict[str, float]) -> None:
         """The epoch's validation ``metrics`` are known (``val/acc1``, ``val/loss``, ...).
 
-        Set ``state.stop_training = True`` to end training after this epoch (early stopping).
+        Set ``state.stop_training = True`` to end training after this epoch (early stopping),
+        and ``state.stop_reason`` to say why (the search shows it on the trial's line).
         """
 
     @hookspec(firstresult=True)

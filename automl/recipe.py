@@ -23,10 +23,13 @@ class Recipe:
     epochs: int
     seed: int = 0
     techniques: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Where the recipe came from (:mod:`automl.provenance`); a record that never affects
+    #: training, kept when the recipe is written again.
+    provenance: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML shape of a space with every value fixed (enabled techniques only)."""
-        return {
+        data = {
             "model": self.model,
             "data": dict(self.data),
             "epochs": self.epochs,
@@ -34,6 +37,9 @@ class Recipe:
             "techniques": {name: {"enabled": True, **params}
                            for name, params in self.techniques.items()},
         }
+        if self.provenance:
+            data["provenance"] = self.provenance
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
@@ -42,7 +48,8 @@ class Recipe:
                       for name, params in data.get("techniques", {}).items()
                       if params.get("enabled", True)}
         return cls(model=data["model"], data=dict(data["data"]), epochs=data["epochs"],
-                   seed=data.get("seed", 0), techniques=techniques)
+                   seed=data.get("seed", 0), techniques=techniques,
+                   provenance=data.get("provenance"))
 
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())
@@ -57,7 +64,7 @@ def recipe_from_space(space: SearchSpace) -> Recipe:
                           file=space.source)
     techniques = {t.name: dict(t.params) for t in space.techniques.values() if t.enabled}
     return Recipe(model=space.model, data=dict(space.data), epochs=space.epochs,
-                  seed=space.seed, techniques=techniques)
+                  seed=space.seed, techniques=techniques, provenance=space.provenance)
 
 
 def load_recipe(path: str | Path, catalog: dict[str, type[Technique]]) -> Recipe:

@@ -9,25 +9,33 @@ from pathlib import Path
 
 import torch
 
+from automl.class_metrics import class_report
 from automl.data import load_data, with_validation_in_train
 from automl.discovery import training_manager
+from automl.errors import UserError
+from automl.model_file import save_model
 from automl.recipe import Recipe
-from automl.trainer import evaluate, fit, prepare, resolve_device
+from automl.trainer import evaluate_with_confusion, fit, prepare, resolve_device
 from automl.yamlio import write_atomic
 
-__all__ = ["replay"]
+__all__ = ["RUN_FILES", "check_run_folder", "replay"]
+
+#: What a training run writes into its folder (and what a new run must not silently replace).
+RUN_FILES = ("model.pt", "metrics.json", "recipe.yaml")
 
 
 def replay(recipe: Recipe, out: Path, *, device: str | None = None,
            progress: Callable[[int, int, dict], None] | None = None,
            compile: bool = False, seed: int | None = None, train_fraction: float | None = None,
-           include_val: bool = False) -> dict[str, float]:
+           include_val: bool = False, overwrite: bool = False) -> dict[str, float]:
     """Train on the train split, then score val and (once) test; write model, metrics, recipe.
 
     ``seed`` and ``train_fraction`` (``None``: the recipe's own) override the recipe's, and the
     recipe written is the one trained. ``include_val`` trains on train + val (a final model):
-    the val scores are then not held out, which metrics.json says.
+    the val scores are then not held out, which metrics.json says. A folder that holds an
+    earlier run is refused before training starts, unless ``overwrite``.
     """
+    check_run_folder(out, overwrite)
     recipe = _overridden(recipe, seed, train_fraction)
     data = load_data(recipe.data)  # user errors surface before anything is written
     if include_val:
@@ -36,21 +44,38 @@ def replay(recipe: Recipe, out: Path, *, device: str | None = None,
     state = prepare(recipe, data, pm, resolve_device(device), compile=compile)
     fit(state, pm, on_epoch=(lambda st, m: progress(st.epoch + 1, st.epochs, m))
         if progress else None)
-    metrics = {**state.history[-1], **evaluate(state, pm, data.test, "test")}
+    model = pm.hook.eval_model(state=state)  # the model evaluated is the model saved
+    test_metrics, test_confusion = evaluate_with_confusion(state, pm, data.test, "test",
+                                                           model=model)
+    metrics = {**state.history[-1], **test_metrics}
+    val_confusion = evaluate_with_confusion(state, pm, data.val, "val", model=model)[1]
     out.mkdir(parents=True, exist_ok=True)
-    model = pm.hook.eval_model(state=state)
-    torch.save(model.state_dict(), out / "model.pt")
+    save_model(out / "model.pt", state, pm, model, metrics)
     record = {"metrics": metrics, "test_evaluations": 1, "history": state.history,
               "device": str(state.device), "threads": torch.get_num_threads(),
               "dataset": data.name, "seed": recipe.seed,
               "train_fraction": float(recipe.data.get("train_fraction", 1.0)),
-              "include_val": include_val, "val_held_out": not include_val}
+              "include_val": include_val, "val_held_out": not include_val,
+              "per_class": {"test": class_report(test_confusion, data.class_names),
+                            "val": class_report(val_confusion, data.class_names)}}
     if include_val:
         record["note"] = ("trained on train + val (include_val): the val/* scores are on "
                           "images the model was trained on, not held out")
+    if recipe.provenance:  # where the recipe came from (automl.provenance), kept with the run
+        record["recipe_provenance"] = recipe.provenance
     write_atomic(out / "metrics.json", json.dumps(record, indent=2) + "\n")
     write_atomic(out / "recipe.yaml", recipe.to_yaml())
     return metrics
+
+
+def check_run_folder(out: Path, overwrite: bool = False) -> None:
+    """Refuse (one line) to train into a folder that holds an earlier run's files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file, not a folder")
+    kept = [name for name in RUN_FILES if (out / name).exists()]
+    if kept and not overwrite:
+        raise UserError(f"{out} already holds a training run ({', '.join(kept)}); pass another "
+                        "--out, or --overwrite to replace it")
 
 
 def _overridden(recipe: Recipe, seed: int | None, train_fraction: float | None) -> Recipe:

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from automl.recipe import Recipe
 
 __all__ = ["ConsoleReporter", "SilentReporter", "trials_table", "ranked_trials", "format_table",
-           "show_warnings"]
+           "show_warnings", "summary_lines", "trial_details", "why_ended"]
 
 
 def show_warnings() -> None:
@@ -83,8 +83,9 @@ class ConsoleReporter:
             f" (known recipe {trial.user_attrs['warm_start']})"
             if "warm_start" in trial.user_attrs else "")
         mark = "  * new best" if new_best else ""
-        if trial.state != TrialState.COMPLETE and trial.user_attrs.get("fail_reason"):
-            mark += f"  ({trial.user_attrs['fail_reason']})"
+        why = why_ended(trial)
+        if why:
+            mark += f"  ({why})"
         seconds = time.perf_counter() - getattr(self, "_trial_started", self.started)
         click.echo(f"trial {trial.number:>3}  {state:<6}  epochs {epochs:>3}  "
                    f"{self.metric} {value}  {self._best_text(study)}  "
@@ -129,24 +130,141 @@ def ranked_trials(study: optuna.Study, top: int | None = None) -> list[FrozenTri
     return trials[:top] if top else trials
 
 
+def why_ended(trial: FrozenTrial) -> str | None:
+    """Why a trial ended before its last epoch (early stopping, a duplicate, pruned,
+    diverged) or failed; None for a trial that trained to the end."""
+    why = trial.user_attrs.get("ended_early")
+    if why is None and trial.state != TrialState.COMPLETE:
+        why = trial.user_attrs.get("fail_reason")
+    return why
+
+
 def trials_table(study: optuna.Study, metric: str, top: int = 5) -> str:
-    """A text table of the best trials with their techniques."""
+    """A text table of the best trials with their techniques and parameters by name; a
+    trial that ended early has its reason on the line below."""
     rows = [["trial", "state", metric, "epochs", "techniques"]]
+    notes = {}
     for t in ranked_trials(study, top):
         recipe = t.user_attrs.get("recipe", {})
         rows.append([str(t.number) + ("*" if t.user_attrs.get("baseline") else ""),
                      t.state.name.lower(), _value(t),
                      str(t.user_attrs.get("epochs_run", len(t.intermediate_values))),
                      _techniques_text(recipe.get("techniques", {}))])
-    return format_table(rows) + "\n(* = baseline: the space's defaults)"
+        if why_ended(t):
+            notes[len(rows) - 1] = f"      ended early: {why_ended(t)}"
+    lines = format_table(rows).split("\n")
+    for row in sorted(notes, reverse=True):
+        lines.insert(row + 1, notes[row])
+    return "\n".join(lines) + "\n(* = baseline: the space's defaults)"
 
 
 def _techniques_text(techniques: dict) -> str:
+    """``lr_schedule(schedule=cosine, warmup=0.12) mixup(alpha=0.2)``."""
     parts = []
     for name, params in techniques.items():
-        values = ",".join(_short(v) for k, v in params.items() if k != "enabled")
+        values = ", ".join(f"{k}={_short(v)}" for k, v in params.items() if k != "enabled")
         parts.append(f"{name}({values})" if values else name)
     return " ".join(parts)
+
+
+def summary_lines(study: optuna.Study, where: str | None = None) -> list[str]:
+    """How the search went, for the end of ``automl search`` and ``automl show``: the trials
+    by how they ended, the best against the baseline with the margin, and where the failed
+    trials' tracebacks are."""
+    trials = study.get_trials(deepcopy=False)
+    count = {state: sum(t.state == state for t in trials) for state in TrialState}
+    counts = (f"{count[TrialState.COMPLETE]} finished, {count[TrialState.PRUNED]} pruned, "
+              f"{count[TrialState.FAIL]} failed")
+    for state in (TrialState.RUNNING, TrialState.WAITING):
+        if count[state]:
+            counts += f", {count[state]} {state.name.lower()}"
+    early = sum(t.state == TrialState.COMPLETE and "ended_early" in t.user_attrs for t in trials)
+    if early:
+        counts += f" ({early} of the finished ended early)"
+    lines = [f"study '{study.study_name}'{f' in {where}' if where else ''}: {len(trials)} "
+             f"trials: {counts}"]
+    lines.append(_against_baseline(study, trials))
+    failed = [t.number for t in trials if t.state == TrialState.FAIL]
+    if failed:
+        lines.append(f"failed: trial(s) {', '.join(map(str, failed[:10]))}"
+                     f"{' ...' if len(failed) > 10 else ''}; reason and traceback: "
+                     f"automl show --trial {failed[-1]}")
+    return lines
+
+
+def _against_baseline(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    from automl.confirm import chosen_trial
+
+    metric = study.user_attrs.get("metric", "value")
+    try:
+        best = chosen_trial(study)
+    except ValueError:
+        return "best: none yet (no trial finished)"
+    base = next((t for t in trials if t.user_attrs.get("baseline")), None)
+    head = f"best: trial {best.number}, {metric} {best.value:.4f}"
+    if base is None:
+        return f"{head}; no baseline trial in this study"
+    if base.number == best.number:
+        return f"{head}: the baseline (the space's defaults); no searched recipe beat it"
+    if base.state != TrialState.COMPLETE:
+        return f"{head}; the baseline (trial {base.number}) {_ended_text(base)}, no margin"
+    diff = best.value - base.value
+    better = diff > 0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else diff < 0
+    relative = f", {abs(diff) / abs(base.value):.1%}" if base.value else ""
+    return (f"{head}; baseline (trial {base.number}) {base.value:.4f}: the best is "
+            f"{'better' if better else 'no better'} by {abs(diff):.4f}{relative}")
+
+
+def _ended_text(trial: FrozenTrial) -> str:
+    return {TrialState.PRUNED: "was pruned", TrialState.FAIL: "failed",
+            TrialState.RUNNING: "is running", TrialState.WAITING: "has not run yet"
+            }.get(trial.state, trial.state.name.lower())
+
+
+def trial_details(study: optuna.Study, number: int) -> str:
+    """Everything stored about one trial, for ``automl show --trial N``: how it ended and
+    why, its recipe's techniques and parameters, its scores per epoch, its final metrics,
+    and a failed trial's traceback from its log file."""
+    from pathlib import Path
+
+    from automl.errors import UserError
+
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is None:
+        raise UserError(f"study '{study.study_name}' has no trial {number} "
+                        f"(it has 0..{len(study.trials) - 1})")
+    attrs = trial.user_attrs
+    metric = study.user_attrs.get("metric", "value")
+    label = (" (baseline)" if attrs.get("baseline") else
+             f" (known recipe {attrs['warm_start']})" if "warm_start" in attrs else "")
+    state = "failed" if trial.state == TrialState.FAIL else trial.state.name.lower()
+    lines = [f"trial {trial.number}{label}: {state}",
+             f"  {metric}: {_value(trial).strip()}",
+             f"  epochs: {attrs.get('epochs_run', len(trial.intermediate_values))}"]
+    if attrs.get("seconds") is not None:
+        lines.append(f"  seconds: {attrs['seconds']}")
+    if attrs.get("ended_early"):
+        lines.append(f"  ended early: {attrs['ended_early']}")
+    if attrs.get("fail_reason") and attrs.get("fail_reason") != attrs.get("ended_early"):
+        lines.append(f"  reason: {attrs['fail_reason']}")
+    techniques = attrs.get("recipe", {}).get("techniques", {})
+    if techniques:
+        lines.append("  techniques:")
+        lines += [f"    {_techniques_text({name: params})}" for name, params in techniques.items()]
+    if trial.intermediate_values:
+        curve = ", ".join(f"{e}: {v:.4f}" for e, v in sorted(trial.intermediate_values.items()))
+        lines.append(f"  {metric} per epoch: {curve}")
+    if attrs.get("metrics"):
+        lines.append("  final metrics: " + ", ".join(
+            f"{k} {_short(v)}" for k, v in attrs["metrics"].items()))
+    log = attrs.get("traceback_log")
+    if log:
+        path = Path(log)
+        if path.is_file():
+            lines += [f"  traceback ({path}):", "", path.read_text(encoding="utf-8").rstrip()]
+        else:
+            lines.append(f"  traceback log {path}: not found (was the run folder moved?)")
+    return "\n".join(lines)
 
 
 def _short(value) -> str:

@@ -30,10 +30,17 @@ from automl.confirm import chosen_trial, confirm
 from automl.data import DataBundle, load_data
 from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
-from automl.failures import failure_reason
+from automl.failures import (
+    TRACEBACK_LOG,
+    check_repeated_failure,
+    failure_reason,
+    traceback_text,
+    write_trial_log,
+)
 from automl.fidelity import FIRST_RUNG, RUNG_TRUST, TrustedRungPruner
 from automl.heartbeat import beating, sweep_stale
 from automl.interrupts import Interrupted
+from automl.provenance import with_provenance
 from automl.recipe import Recipe
 from automl.space import SearchSpace
 from automl.state import TrainState
@@ -44,6 +51,7 @@ from automl.storage import (
     open_storage,
     storage_failure,
 )
+from automl.study_select import open_study, select_study
 from automl.trainer import TrainingDiverged, release_memory, resolve_device, train
 from automl.trial_queue import (
     budget_trials,
@@ -57,12 +65,14 @@ from automl.warm_start import warm_start_params
 from automl.yamlio import write_atomic
 
 __all__ = ["SearchSettings", "Reporter", "run_search", "create_study", "run_trials",
-           "export_best", "make_sampler", "make_pruner", "open_study", "trial_recipe", "FINISHED"]
+           "export_best", "make_sampler", "make_pruner", "open_study", "select_study",
+           "trial_recipe", "FINISHED"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 BEST_RECIPE = "best_recipe.yaml"
+ENDED_EARLY = "ended_early"  # the user attr saying why a trial stopped before its last epoch
 
 
 class Reporter(Protocol):
@@ -102,12 +112,13 @@ class SearchSettings:
     jobs: int = 1  # trials running at once (per GPU with ``gpus``), each in its own process
     gpus: str | None = None  # "all" or "0,2": one set of ``jobs`` workers per listed GPU
     compile: bool = False  # train through torch.compile
+    log: tuple[str, ...] = ()  # experiment trackers (automl.tracking): tensorboard, mlflow
 
     @classmethod
     def from_space(cls, space: SearchSpace, *, study_name: str, run_dir: Path,
                    storage: str | None = None, device: str | None = None, jobs: int = 1,
                    gpus: str | None = None, compile: bool = False,
-                   **overrides) -> SearchSettings:
+                   log: tuple[str, ...] = (), **overrides) -> SearchSettings:
         study = {**space.study, **{k: v for k, v in overrides.items() if v is not None}}
         return cls(study_name=study_name, run_dir=run_dir, storage=storage,
                    n_trials=study["n_trials"], timeout=study["timeout"], seed=study["seed"],
@@ -118,7 +129,7 @@ class SearchSettings:
                    warm_start=study["warm_start"],
                    confirm_top=study["confirm_top"], confirm_seeds=study["confirm_seeds"],
                    confirm_splits=study["confirm_splits"], device=device, jobs=jobs, gpus=gpus,
-                   compile=compile)
+                   compile=compile, log=tuple(log))
 
     def first_rung(self, max_epochs: int) -> int:
         """The earliest epoch a trial may be pruned at: unless set, the longest training over
@@ -186,15 +197,23 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
     With ``settings.jobs`` > 1 or ``settings.gpus`` the trials run in worker processes on the
     same storage (see :mod:`automl.workers`); otherwise in this process.
     """
+    from automl.tracking import tracked
     from automl.workers import run_workers, worker_devices
 
     devices = worker_devices(settings.jobs, settings.gpus, settings.device)
+    reporter = tracked(reporter, settings)  # a tracker's missing package: before any write
+    for device in set(devices):  # an unusable device stops the search before it starts
+        resolve_device(device)
     data = data if data is not None else load_data(space.data)  # user errors before any write
     study = create_study(space, settings)
     todo = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     reporter.search_start(study, settings, todo)
     if todo and len(devices) > 1:
-        run_workers(space, settings, devices, todo)
+        try:
+            run_workers(space, settings, devices, todo)
+        except UserError:  # the workers stopped: on one repeated failure, name it
+            check_repeated_failure(study.get_trials(deepcopy=False))
+            raise
     elif todo:
         run_trials(study, space, settings, reporter, data, devices[0])
     if settings.confirmations() and _all_finished(study):
@@ -313,6 +332,9 @@ def run_trials(study: optuna.Study, space: SearchSpace, settings: SearchSettings
             break
         _run_trial(study, trial, space, settings, reporter, data, catalog, device)
         ran += 1
+        with _recording(settings, "reading the trials"):
+            trials = study.get_trials(deepcopy=False)
+        check_repeated_failure(trials)  # a broken setup stops the search, naming the reason
     return ran
 
 
@@ -353,13 +375,16 @@ def _train(trial: optuna.Trial, study: optuna.Study, space: SearchSpace,
            settings: SearchSettings, reporter: Reporter, data: DataBundle, catalog: dict,
            device: torch.device, model: list[weakref.ref]) -> tuple[TrialState, float | None]:
     """Sample and train the trial; how it ended: COMPLETE with its value, PRUNED or FAIL (the
-    reason stored as the ``fail_reason`` user attr)."""
+    reason stored as the ``fail_reason`` user attr, a failure's traceback in its log file).
+    A trial that ended before its last epoch says why in the ``ended_early`` user attr."""
     recipe = space.sample(trial)
     trial.set_user_attr("recipe", recipe.to_dict())
     reporter.trial_start(trial, recipe)
     same = duplicate_of(study, trial)
     if same is not None:
-        trial.set_user_attr("fail_reason", f"same parameters as trial {same}, not trained again")
+        reason = f"same parameters as trial {same}, not trained again"
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr(ENDED_EARLY, reason)
         return TrialState.PRUNED, None
 
     def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
@@ -370,9 +395,14 @@ def _train(trial: optuna.Trial, study: optuna.Study, space: SearchSpace,
             raise NonFiniteScore(f"{settings.metric} is {score} in epoch {epoch}")
         trial.report(score, epoch)
         reporter.epoch(trial, epoch, state.epochs, metrics)
+        if state.stop_training and epoch < state.epochs:  # a technique ended it: say why
+            why = state.stop_reason or "a technique ended training"
+            trial.set_user_attr(ENDED_EARLY, f"{why} (after epoch {epoch} of {state.epochs})")
         last = epoch == state.epochs or state.stop_training
         if not last and trial.should_prune():  # a finished run completes
             trial.set_user_attr("epochs_run", epoch)
+            trial.set_user_attr(ENDED_EARLY, f"pruned after epoch {epoch} of {state.epochs}: "
+                                             f"behind the other trials there ({settings.pruner})")
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
     started = time.perf_counter()
@@ -389,8 +419,14 @@ def _train(trial: optuna.Trial, study: optuna.Study, space: SearchSpace,
         failure, ended = str(exc), TrialState.PRUNED
     except Exception as exc:  # the trial fails, the search goes on
         failure, ended = failure_reason(exc, pm), TrialState.FAIL
+        trace = traceback_text(exc)  # text only: the traceback itself is not kept
     if failure is not None:  # handled here, not inside `except`: no traceback keeps the
         trial.set_user_attr("fail_reason", failure)  # trial's tensors alive
+        if ended == TrialState.PRUNED:
+            trial.set_user_attr(ENDED_EARLY, failure)
+        else:
+            log = write_trial_log(settings.run_dir, trial.number, failure, trace)
+            trial.set_user_attr(TRACEBACK_LOG, str(log.resolve()))
         return ended, None
     final = history[-1]
     trial.set_user_attr("metrics", final)
@@ -407,7 +443,7 @@ def export_best(study: optuna.Study, run_dir: Path) -> None:
         best = chosen_trial(study)
     except ValueError:  # no completed trial yet
         return
-    write_atomic(run_dir / BEST_RECIPE, trial_recipe(best).to_yaml())
+    write_atomic(run_dir / BEST_RECIPE, with_provenance(trial_recipe(best), study, best).to_yaml())
 
 
 def _check_same_study(study: optuna.Study, space: SearchSpace,
@@ -434,22 +470,6 @@ def _check_same_study(study: optuna.Study, space: SearchSpace,
 
 def _shown(value: str | None) -> str:
     return "absent" if value is None else value
-
-
-def open_study(study_name: str, run_dir: Path, storage: str | None) -> optuna.Study:
-    """Load an existing study; an unknown name lists the ones the storage holds."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    journal = None if storage and "://" in storage else Path(storage or run_dir / "study.journal")
-    if journal is not None and not journal.exists():
-        raise UserError(f"no study found: {journal} does not exist (run `automl search` first, "
-                        "or pass --out DIR / --storage URL|PATH)")
-    backend = open_storage(storage, run_dir)
-    try:
-        return optuna.load_study(study_name=study_name, storage=backend)
-    except KeyError:
-        names = optuna.get_all_study_names(backend)
-        raise UserError(f"no study named '{study_name}'; this storage has: "
-                        f"{', '.join(names) or 'none'}") from None
 
 
 def trial_recipe(trial: FrozenTrial) -> Recipe:

@@ -23,6 +23,7 @@ from optuna.distributions import (
 )
 
 from automl.errors import ConfigError
+from automl.provenance import checked_provenance
 from automl.technique import NOT_APPLICABLE, Technique, When, conditional_name, contains
 from automl.yamlio import Lines, load_yaml
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["SearchSpace", "TechniqueSpace", "load_space", "parse_space", "suggest",
            "DEFAULT_STUDY", "DATA_KEYS"]
 
-TOP_KEYS = ("model", "data", "epochs", "seed", "techniques", "study")
+TOP_KEYS = ("model", "data", "epochs", "seed", "techniques", "study", "provenance")
 #: ``include_val`` is deliberately not one: training on the validation split is for a final
 #: model only (``automl train --include-val``); a search that names it is refused.
 DATA_KEYS = ("dataset", "batch_size", "data_dir", "download", "val_fraction", "split_seed",
@@ -57,7 +58,13 @@ DEFAULT_STUDY: dict[str, Any] = {
 }
 SAMPLERS = ("tpe", "random", "cmaes", "gp")
 PRUNERS = ("hyperband", "median", "sha", "none")
-METRICS = ("val/acc1", "val/loss", "val/balanced_acc")
+#: The metrics a study can optimise, and the way each improves: losses fall, accuracies rise.
+#: A study's ``direction`` follows its metric unless given, and one against its metric is
+#: refused (Optuna would keep the worst trial as the best). Every metric a space may name is
+#: here, so no study runs in a guessed direction.
+METRIC_DIRECTIONS = {"val/acc1": "maximize", "val/loss": "minimize",
+                     "val/balanced_acc": "maximize"}
+METRICS = tuple(METRIC_DIRECTIONS)
 
 
 @dataclass
@@ -135,6 +142,9 @@ class SearchSpace:
     techniques: dict[str, TechniqueSpace]
     study: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_STUDY))
     source: str = "<space>"
+    #: A recipe file's record of where it came from (automl.provenance); never searched,
+    #: never part of :meth:`definition`.
+    provenance: dict[str, Any] | None = None
 
     def is_fixed(self) -> bool:
         return all(t.is_fixed() for t in self.techniques.values())
@@ -263,7 +273,7 @@ def parse_space(data: Any, lines: Lines, file: str,
     _expect_seed(p, ("seed",), seed, SEED_RANGE)
     space = SearchSpace(model=model, data=_parse_data(p, data.get("data", {})), epochs=epochs,
                         seed=seed, techniques={}, study=_parse_study(p, data.get("study", {})),
-                        source=file)
+                        source=file, provenance=checked_provenance(data.get("provenance"), file))
     techniques = data.get("techniques", {}) or {}
     p.expect(isinstance(techniques, dict), ("techniques",), "expected a mapping of technique names")
     for name, entry in techniques.items():
@@ -374,6 +384,12 @@ def _parse_study(p: _Parser, study: Any) -> dict[str, Any]:
                        ("direction", ("maximize", "minimize"))):
         p.expect(out[key] in valid, ("study", key),
                  f"unknown value {out[key]!r}; valid: {', '.join(valid)}")
+    natural = METRIC_DIRECTIONS[out["metric"]]
+    if "direction" not in study:
+        out["direction"] = natural
+    p.expect(out["direction"] == natural, ("study", "direction"),
+             f"{out['metric']} needs {natural}: {out['direction']!r} would keep the worst trial "
+             "as the best (leave direction out: it follows the metric)")
     p.expect(_is_int(out["n_trials"]) and out["n_trials"] >= 1, ("study", "n_trials"),
              f"expected an integer >= 1, got {out['n_trials']!r}")
     t = out["timeout"]

@@ -43,6 +43,7 @@ class TrainState:
     input_std: tuple[float, ...] = ()
     loss_options: dict[str, Any] = field(default_factory=dict)  # see automl.losses
     stop_training: bool = False  # set by on_validation hooks to end after this epoch
+    stop_reason: str = ""  # and why, shown on the trial's line ("early stopping: ...")
     history: list[dict[str, float]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 

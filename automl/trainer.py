@@ -20,7 +20,9 @@ import pluggy
 import torch
 import torch.nn.functional as F
 
+from automl.class_metrics import add_predictions, new_confusion
 from automl.data import DataBundle, ImageFiles, Split
+from automl.errors import UserError
 from automl.functional import resize
 from automl.state import TrainState
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TrainingDiverged", "resolve_device", "prepare", "fit", "evaluate", "train",
            "EpochCallback", "split_on_device", "device_batches", "normalise_batch", "autocast",
-           "class_recall", "release_memory"]
+           "class_recall", "evaluate_with_confusion", "model_kwargs", "release_memory"]
 
 EpochCallback = Callable[[TrainState, dict[str, float]], None]
 
@@ -39,10 +41,33 @@ class TrainingDiverged(RuntimeError):
 
 
 def resolve_device(name: str | None = None) -> torch.device:
-    """``name`` if given, else CUDA when present, else CPU."""
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``name`` if given, else CUDA when present, else CPU.
+
+    A named device this machine cannot use (no CUDA, a GPU number past the count, no MPS, a
+    typo) is a UserError here, before anything starts: otherwise every trial of a search
+    fails on it, or a training run ends in a traceback.
+    """
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"--device {name!r}: not a device; use cpu, cuda, cuda:N or mps"
+                        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {name}: no usable CUDA GPU on this machine "
+                            "(torch.cuda.is_available() is False); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {name}: this machine has CUDA GPUs 0..{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"--device {name}: MPS (Apple GPU) is not available on this "
+                            "machine; use --device cpu")
+    elif device.type != "cpu":
+        raise UserError(f"--device {name}: only cpu, cuda, cuda:N and mps are supported")
+    return device
 
 
 def prepare(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager,
@@ -66,10 +91,7 @@ def prepare(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager,
     state.batch_size = max(1, min(state.batch_size, len(data.train.labels)))
     state.batches_per_epoch = len(data.train.labels) // state.batch_size
     state.accumulation_steps = max(1, min(state.accumulation_steps, state.batches_per_epoch))
-    kwargs: dict = {}
-    for extra in reversed(pm.hook.model_kwargs(state=state)):  # results arrive last-first
-        kwargs.update(extra or {})
-    state.model = pm.hook.build_model(state=state, kwargs=kwargs)
+    state.model = pm.hook.build_model(state=state, kwargs=model_kwargs(state, pm))
     pm.hook.modify_model(state=state)
     state.model.to(device=device, memory_format=torch.channels_last)
     pm.hook.configure_param_groups(state=state)
@@ -79,6 +101,15 @@ def prepare(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager,
     pm.hook.on_train_start(state=state)
     state.train_model = torch.compile(state.model) if compile else state.model
     return state
+
+
+def model_kwargs(state: TrainState, pm: pluggy.PluginManager) -> dict:
+    """The ``model_kwargs`` hooks' dicts merged in call order: what ``build_model`` gets (and
+    what a saved model records, so it can be built again)."""
+    kwargs: dict = {}
+    for extra in reversed(pm.hook.model_kwargs(state=state)):  # results arrive last-first
+        kwargs.update(extra or {})
+    return kwargs
 
 
 def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback | None = None,
@@ -142,34 +173,44 @@ def evaluate(state: TrainState, pm: pluggy.PluginManager, split: Split, prefix: 
              max_batches: int | None = None) -> dict[str, float]:
     """Top-1 accuracy, loss and balanced accuracy (mean per-class recall) of the
     ``eval_model`` hook's model on one split."""
-    hits, counts, loss_sum = _class_hits(state, pm, split, max_batches)
+    return evaluate_with_confusion(state, pm, split, prefix, max_batches)[0]
+
+
+def evaluate_with_confusion(state: TrainState, pm: pluggy.PluginManager, split: Split,
+                            prefix: str, max_batches: int | None = None, *,
+                            model: torch.nn.Module | None = None
+                            ) -> tuple[dict[str, float], torch.Tensor]:
+    """:func:`evaluate`'s metrics and the confusion matrix they are counted from (flat, on
+    the device; :func:`automl.class_metrics.class_report` reads it). ``model``: evaluate this
+    one instead of asking the ``eval_model`` hook (the model ``automl train`` saves)."""
+    confusion, loss_sum = _confusion(state, pm, split, max_batches, model)
+    matrix = confusion.view(state.num_classes, state.num_classes)
+    hits, counts = matrix.diagonal(), matrix.sum(1)
     present = counts > 0
     metrics = {f"{prefix}/acc1": (hits.sum() / counts.sum()).item(),
                f"{prefix}/loss": (loss_sum / counts.sum()).item(),
                f"{prefix}/balanced_acc": (hits[present] / counts[present]).mean().item()}
     for extra in pm.hook.evaluate(state=state, metrics=dict(metrics)):
         metrics.update({f"{prefix}/{k}": v for k, v in (extra or {}).items()})
-    return metrics
+    return metrics, confusion
 
 
 def class_recall(state: TrainState, pm: pluggy.PluginManager, split: Split) -> torch.Tensor:
     """Recall of every class on ``split`` (NaN for a class the split lacks)."""
-    hits, counts, _ = _class_hits(state, pm, split)
-    return (hits / counts).cpu()
+    matrix = _confusion(state, pm, split)[0].view(state.num_classes, state.num_classes)
+    return (matrix.diagonal() / matrix.sum(1)).cpu()
 
 
 @torch.no_grad()
-def _class_hits(state: TrainState, pm: pluggy.PluginManager, split: Split,
-                max_batches: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Correct predictions and samples per true class, and the summed loss (all on device)."""
-    model = pm.hook.eval_model(state=state)
+def _confusion(state: TrainState, pm: pluggy.PluginManager, split: Split,
+               max_batches: int | None = None, model: torch.nn.Module | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat confusion matrix (true × predicted counts) and the summed loss, on device."""
+    model = model if model is not None else pm.hook.eval_model(state=state)
     was_training = model.training
     model.eval()
     mean, std = _norm_tensors(state)
-    classes = torch.arange(state.num_classes, device=state.device)
-    hits = torch.zeros(state.num_classes, device=state.device)
-    counts = torch.zeros(state.num_classes, device=state.device)
+    confusion = new_confusion(state.num_classes, state.device)
     loss_sum = torch.zeros((), device=state.device)
     chunks = torch.arange(len(split.labels), device=state.device).split(512)
     with autocast(state):
@@ -177,12 +218,10 @@ def _class_hits(state: TrainState, pm: pluggy.PluginManager, split: Split,
             state.images = _normalise(images, mean, std)
             pm.hook.eval_batch(state=state)
             logits = model(state.images).float()
-            one_hot = (labels[:, None] == classes).float()
-            hits += (one_hot * (logits.argmax(1) == labels)[:, None]).sum(0)
-            counts += one_hot.sum(0)
+            add_predictions(confusion, labels, logits.argmax(1), state.num_classes)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
     model.train(was_training)
-    return hits, counts, loss_sum
+    return confusion, loss_sum
 
 
 def train(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager, *,

@@ -93,8 +93,10 @@ def run_workers(space: SearchSpace, settings: SearchSettings, devices: list[str 
 def _worker(space: SearchSpace, settings: SearchSettings, threads: int) -> None:
     """One worker process: its own data, study handle and console lines."""
     from automl.data import load_data
+    from automl.failures import RepeatedFailure
     from automl.report import ConsoleReporter, show_warnings
     from automl.search import create_study, run_trials
+    from automl.tracking import tracked
 
     os.setpgid(0, 0)  # the terminal's Ctrl-C goes to the parent, which passes it on once
     show_warnings()
@@ -102,10 +104,12 @@ def _worker(space: SearchSpace, settings: SearchSettings, threads: int) -> None:
     with stop_on_signals():
         try:
             study = create_study(space, settings)
-            reporter = ConsoleReporter(settings.metric, live=False)
+            reporter = tracked(ConsoleReporter(settings.metric, live=False), settings)
             run_trials(study, space, settings, reporter, load_data(space.data),
                        settings.device)
         except Interrupted as exc:
+            sys.exit(exc.exit_code)
+        except RepeatedFailure as exc:  # the parent names the reason, once
             sys.exit(exc.exit_code)
         except UserError as exc:
             print(f"Error: {exc}", file=sys.stderr)

@@ -72,11 +72,14 @@ def load_yaml(path: str | Path) -> tuple[Any, Lines]:
 
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in
                ("map", "seq", "str", "int", "float", "bool", "null")}
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 
 
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple[str, ...], lines: Lines,
            name: str) -> Any:
     lines[path] = node.start_mark.line + 1
+    if node.tag == _TIMESTAMP:  # a date is read as the text written (no datetime objects)
+        return node.value
     if node.tag not in _PLAIN_TAGS:  # !!python/... and custom tags never construct objects
         raise ConfigError(f"unsupported YAML tag {node.tag}", file=name,
                           key=".".join(path) or None, line=node.start_mark.line + 1)

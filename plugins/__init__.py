@@ -1,59 +1,59 @@
-"""Built-in techniques, registered through the same hook as third-party plugins."""
+"""Built-in techniques, registered through the same hook as third-party plugins.
+
+The technique modules are imported when techniques are registered, not with this package:
+commands that only need the CLI's commands (``--help``) then import neither them nor Optuna.
+Each module imports torch inside the functions that train, so listing the catalog does not.
+"""
 
 from __future__ import annotations
 
+import importlib
+from functools import cache
+
 from automl.hookspecs import hookimpl
 
-from .augment_policy import AugmentPolicy
-from .augmix import AugMix
-from .batch_size import BatchSize
-from .binary_cross_entropy import BinaryCrossEntropy
-from .class_weights import ClassWeights
-from .cutmix import CutMix
-from .dropout import Dropout
-from .early_stopping import EarlyStopping
-from .ema import EMA
-from .fixres import FixRes
-from .flip import Flip
-from .focal_loss import FocalLoss
-from .ghost_batch_norm import GhostBatchNorm
-from .grad_accumulation import GradAccumulation
-from .grad_clip import GradClip
-from .inference_resize import InferenceResize
-from .input_norm import InputNorm
-from .l1_penalty import L1Penalty
-from .label_smoothing import LabelSmoothing
-from .long_training import LongTraining
-from .lr_schedule import LRSchedule
-from .mixup import Mixup
-from .norm_layer import NormLayer
-from .optimizer import Optimizer
-from .progressive_resizing import ProgressiveResizing
-from .random_crop import RandomCrop
-from .random_erasing import RandomErasing
-from .repeated_augmentation import RepeatedAugmentation
-from .stochastic_depth import StochasticDepth
-from .transfer_learning import TransferLearning
-from .triplet_loss import TripletLoss
-from .weight_decay import WeightDecay
-from .weight_init import WeightInit
-
-BUILTIN_TECHNIQUES = (  # listed (automl techniques, README) in this order
+#: module: class of every built-in technique, listed (automl techniques, README) in this order.
+_BUILTINS = (
     # optimisation
-    Optimizer, LRSchedule, BatchSize, WeightDecay, L1Penalty, GradClip, GradAccumulation,
-    LongTraining, EarlyStopping, EMA,
+    "optimizer:Optimizer", "lr_schedule:LRSchedule", "batch_size:BatchSize",
+    "weight_decay:WeightDecay", "l1_penalty:L1Penalty", "grad_clip:GradClip",
+    "grad_accumulation:GradAccumulation", "long_training:LongTraining",
+    "early_stopping:EarlyStopping", "ema:EMA",
     # augmentation
-    Flip, RandomCrop, AugmentPolicy, AugMix, RandomErasing, RepeatedAugmentation, Mixup, CutMix,
+    "flip:Flip", "random_crop:RandomCrop", "augment_policy:AugmentPolicy", "augmix:AugMix",
+    "random_erasing:RandomErasing", "repeated_augmentation:RepeatedAugmentation",
+    "mixup:Mixup", "cutmix:CutMix",
     # resolution
-    ProgressiveResizing, FixRes, InferenceResize,
+    "progressive_resizing:ProgressiveResizing", "fixres:FixRes",
+    "inference_resize:InferenceResize",
     # regularisation, normalisation and initialisation
-    Dropout, StochasticDepth, GhostBatchNorm, NormLayer, WeightInit, TransferLearning, InputNorm,
+    "dropout:Dropout", "stochastic_depth:StochasticDepth",
+    "ghost_batch_norm:GhostBatchNorm", "norm_layer:NormLayer", "weight_init:WeightInit",
+    "transfer_learning:TransferLearning", "input_norm:InputNorm",
     # losses
-    LabelSmoothing, FocalLoss, ClassWeights, BinaryCrossEntropy, TripletLoss,
+    "label_smoothing:LabelSmoothing", "focal_loss:FocalLoss",
+    "class_weights:ClassWeights", "binary_cross_entropy:BinaryCrossEntropy",
+    "triplet_loss:TripletLoss",
 )
+
+
+@cache
+def builtin_techniques() -> tuple[type, ...]:
+    """Every built-in technique class, in catalog order (their modules imported now)."""
+    classes = []
+    for entry in _BUILTINS:
+        module, name = entry.split(":")
+        classes.append(getattr(importlib.import_module(f"{__name__}.{module}"), name))
+    return tuple(classes)
+
+
+def __getattr__(name: str):
+    if name == "BUILTIN_TECHNIQUES":  # the same tuple as an attribute, imported on first use
+        return builtin_techniques()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl
 def register_techniques(register):
-    for cls in BUILTIN_TECHNIQUES:
+    for cls in builtin_techniques():
         register(cls)

@@ -1,14 +1,19 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
-from automl import augment
+from automl import autoaugment_policies
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
+if TYPE_CHECKING:
+    import torch
+
 #: AutoAugment's learned policies, one per dataset it was searched on.
-AUTOAUGMENT_POLICIES = {f"autoaugment_{name}": name for name in augment.AUTOAUGMENT_POLICIES}
+AUTOAUGMENT_POLICIES = {f"autoaugment_{name}": name
+                        for name in autoaugment_policies.AUTOAUGMENT_POLICIES}
 
 
 def apply_policy(images: torch.Tensor, policy: str, magnitude: int, num_ops: int,
@@ -18,6 +23,8 @@ def apply_policy(images: torch.Tensor, policy: str, magnitude: int, num_ops: int
 
     ``magnitude`` and ``num_ops`` apply to RandAugment only; the others draw their own.
     """
+    from automl import augment
+
     if policy == "trivialaugment":
         return augment.trivial_augment(images, generator)
     if policy == "randaugment":

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from optuna.distributions import IntDistribution
 
-from automl.augment import augmix
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
@@ -27,5 +26,8 @@ class AugMix(Technique):
 
     @hookimpl
     def augment_batch(self, state):
-        state.images = augmix(state.images, self.params["severity"],
+        from automl.augment import augmix
+
+        state.images = augmix(
+state.images, self.params["severity"],
                               self.params["mixture_width"], state.generator)

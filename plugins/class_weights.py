@@ -1,10 +1,14 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import FloatDistribution
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
+
+if TYPE_CHECKING:
+    import torch
 
 
 def class_frequency_weights(labels: torch.Tensor, num_classes: int,
@@ -12,6 +16,8 @@ def class_frequency_weights(labels: torch.Tensor, num_classes: int,
     """Per-class weights w_c ∝ (1 / count_c)^power, scaled so Σ_c freq_c·w_c = 1 (the mean
     weight over the samples is 1, so the loss keeps its scale). A class without samples gets
     the largest weight of the others."""
+    import torch
+
     counts = torch.bincount(labels, minlength=num_classes).double()
     present = counts > 0
     weights = torch.zeros_like(counts)

@@ -1,16 +1,22 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import FloatDistribution
 
 from automl.functional import sample_beta, soft_targets
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
+if TYPE_CHECKING:
+    import torch
+
 
 def cutmix(images: torch.Tensor, targets: torch.Tensor, alpha: float,
            generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Paste a random box from a partner image into each sample; labels mix by box area."""
+    import torch
+
     n, _, h, w = images.shape
     dev = images.device
     lam = sample_beta(alpha, n, generator)
@@ -28,6 +34,7 @@ def cutmix(images: torch.Tensor, targets: torch.Tensor, alpha: float,
     kept = 1 - box.flatten(1).float().mean(1)  # the label weight is the true kept area
     mixed_targets = kept[:, None] * targets + (1 - kept[:, None]) * targets[partner]
     return mixed, mixed_targets
+
 
 class CutMix(Technique):
     """CutMix: replace a random box of each image with a patch of another, mixing labels.

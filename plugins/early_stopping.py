@@ -44,5 +44,8 @@ class EarlyStopping(Technique):
         monitor = self.params["monitor"]
         values = state.extras.setdefault("early_stopping", [])
         values.append(metrics[monitor])
-        if epochs_since_best(values, MONITORS[monitor]) >= self.params["patience"]:
+        patience = self.params["patience"]
+        if epochs_since_best(values, MONITORS[monitor]) >= patience:
             state.stop_training = True
+            state.stop_reason = (f"early stopping: {monitor} did not improve for {patience} "
+                                 f"epoch{'s' if patience > 1 else ''}")

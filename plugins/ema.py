@@ -1,22 +1,27 @@
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
-import torch
 from optuna.distributions import FloatDistribution
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
+if TYPE_CHECKING:
+    import torch
 
-@torch.no_grad()
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1−decay)·model for parameters; buffers (BN stats) are copied."""
-    ema_params = [p for p in ema.parameters()]
-    params = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-    for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
-        ema_buffer.copy_(buffer)
+    import torch
+
+    with torch.no_grad():
+        ema_params = [p for p in ema.parameters()]
+        params = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for ema_buffer, buffer in zip(ema.buffers(), model.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
 
 
 class EMA(Technique):

@@ -2,22 +2,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
-import torch
 from optuna.distributions import FloatDistribution, IntDistribution
 
 from automl.functional import resize
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
-from automl.trainer import autocast, device_batches, normalise_batch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules()
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
-@torch.no_grad()
 def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tensor]
                            ) -> torch.nn.Module:
     """A copy of ``model`` whose batch-norm running statistics are re-estimated on ``batches``.
@@ -26,19 +28,26 @@ def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tenso
     only the batch-norm layers run in training mode, so dropout and stochastic depth do not
     skew them. The copy is returned in eval mode; ``model`` is not changed.
     """
-    model = copy.deepcopy(model).eval()
-    for bn in _batch_norms(model):
-        bn.reset_running_stats()
-        bn.momentum = None
-        bn.train()
-    for images in batches:
-        model(images)
+    import torch
+
+    with torch.no_grad():
+        model = copy.deepcopy(model).eval()
+        for bn in _batch_norms(model):
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        for images in batches:
+            model(images)
     return model.eval()
 
 
 def calibration_batches(state, count: int) -> Iterator[torch.Tensor]:
     """``count`` training batches without augmentation, normalised as the trainer does and
     resized to the evaluation resolution; a fixed seeded sample, so every call sees the same."""
+    import torch
+
+    from automl.trainer import device_batches, normalise_batch
+
     train = state.data.train
     size = state.eval_image_size or state.image_size
     gen = torch.Generator().manual_seed(state.recipe.seed)
@@ -76,6 +85,8 @@ class FixRes(Technique):
 
     @hookimpl(wrapper=True)
     def eval_model(self, state):
+        from automl.trainer import autocast
+
         model = yield
         if not _batch_norms(model):
             return model

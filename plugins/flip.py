@@ -1,15 +1,21 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import FloatDistribution
 
 from automl.functional import per_sample
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
+if TYPE_CHECKING:
+    import torch
+
 
 def random_hflip(images: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability ``p``, independently per sample."""
+    import torch
+
     flip = torch.rand(len(images), device=images.device, generator=generator) < p
     return torch.where(per_sample(flip), images.flip(-1), images)
 

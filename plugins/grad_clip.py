@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import torch
 from optuna.distributions import FloatDistribution
 
 from automl.hookspecs import hookimpl
@@ -23,5 +22,7 @@ class GradClip(Technique):
 
     @hookimpl
     def after_backward(self, state):
+        import torch
+
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), self.params["max_norm"],
                                        foreach=True)

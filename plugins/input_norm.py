@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-import torch
 from optuna.distributions import CategoricalDistribution
 
-from automl.data import Split, stats_sample
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
+
+if TYPE_CHECKING:
+    import torch
+
+    from automl.data import Split
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,6 +29,8 @@ def pixel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Float64 sums over chunks, so large datasets need no float copy of the whole set.
     """
+    import torch
+
     n, c, h, w = images.shape
     total = torch.zeros(c, h, w, dtype=torch.float64)
     total_sq = torch.zeros(c, h, w, dtype=torch.float64)
@@ -44,6 +50,8 @@ def pixel_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def cached_pixel_stats(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`pixel_stats` of a split, computed once per process (the split stays referenced,
     so its id cannot be reused by another object)."""
+    from automl.data import stats_sample
+
     with _LOCK:
         if id(split) not in _PIXEL_STATS:
             _PIXEL_STATS[id(split)] = (split, *pixel_stats(stats_sample(split)))

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import FloatDistribution
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
+if TYPE_CHECKING:
+    import torch
+
 
 def l1_norm(model: torch.nn.Module) -> torch.Tensor:
     """Sum of |w| over the trainable weight matrices and kernels (ndim > 1): biases and
     normalisation scales are left out, as is usual for weight decay."""
+    import torch
+
     weights = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
     return torch.stack([w.abs().sum() for w in weights]).sum()
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from automl.hookspecs import hookimpl
@@ -90,6 +89,8 @@ class LRSchedule(Technique):
 
     @hookimpl
     def build_scheduler(self, state):
+        import torch
+
         total = max(state.total_steps, 1)
         if self.params["schedule"] == "onecycle":  # its own warmup: pct_start
             max_lr = [g["lr"] for g in state.optimizer.param_groups]

@@ -1,16 +1,22 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import FloatDistribution
 
 from automl.functional import per_sample, sample_beta, soft_targets
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
+if TYPE_CHECKING:
+    import torch
+
 
 def mixup(images: torch.Tensor, targets: torch.Tensor, alpha: float,
           generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Blend each sample with a random partner; every sample draws its own Beta(α, α) weight."""
+    import torch
+
     n = len(images)
     lam = sample_beta(alpha, n, generator).to(images.dtype)
     partner = torch.randperm(n, device=images.device, generator=generator)

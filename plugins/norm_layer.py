@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import CategoricalDistribution
-from timm.layers.norm_act import GroupNormAct
-from torch import nn
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def divisor_at_most(channels: int, groups: int) -> int:
@@ -17,6 +19,10 @@ def divisor_at_most(channels: int, groups: int) -> int:
 def group_norm_like(bn: nn.BatchNorm2d, groups: int) -> nn.GroupNorm:
     """GroupNorm with ``groups`` groups (clamped to a divisor of the channels) in place of
     ``bn``: its affine weight and bias copied, a timm BatchNormAct2d's drop and act kept."""
+    import torch
+    from timm.layers.norm_act import GroupNormAct
+    from torch import nn
+
     channels = bn.num_features
     groups = divisor_at_most(channels, groups)
     if hasattr(bn, "act"):  # timm BatchNormAct2d (or a ghost BN that replaced one)
@@ -34,6 +40,8 @@ def group_norm_like(bn: nn.BatchNorm2d, groups: int) -> nn.GroupNorm:
 def replace_batch_norm(model: nn.Module, groups: int) -> int:
     """Swap every BatchNorm2d (subclasses included) of ``model`` for a GroupNorm with
     ``groups`` groups; returns how many."""
+    from torch import nn
+
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
     for name, bn in targets:
         parent, _, attr = name.rpartition(".")

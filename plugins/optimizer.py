@@ -1,11 +1,14 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import CategoricalDistribution, FloatDistribution
-from timm.optim import create_optimizer_v2
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique, When
+
+if TYPE_CHECKING:
+    import torch
 
 #: Our choice -> (timm optimizer name, extra arguments). In timm "sgd" is Nesterov SGD and
 #: "momentum" is plain momentum SGD; both get momentum 0.9 from timm's factory.
@@ -22,6 +25,8 @@ TIMM_OPTIMIZERS: dict[str, tuple[str, dict]] = {
 
 def make_optimizer(name: str, param_groups: list[dict], lr: float) -> torch.optim.Optimizer:
     """The named optimizer from timm's factory; weight decay comes per group (global 0)."""
+    from timm.optim import create_optimizer_v2
+
     opt, kwargs = TIMM_OPTIMIZERS[name]
     return create_optimizer_v2(param_groups, opt=opt, lr=lr, weight_decay=0.0, **kwargs)
 

@@ -1,16 +1,22 @@
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
 from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
+if TYPE_CHECKING:
+    import torch
+
 
 def random_translate(images: torch.Tensor, padding: int, mode: str,
                      generator: torch.Generator) -> torch.Tensor:
     """Pad by ``padding`` pixels and cut a random same-size window from each image."""
+    import torch
+    import torch.nn.functional as F
+
     n, c, h, w = images.shape
     padding = min(padding, h - 1, w - 1) if mode == "reflect" else padding
     padded = F.pad(images.float() if mode == "reflect" else images,

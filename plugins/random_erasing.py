@@ -1,18 +1,23 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
+
+if TYPE_CHECKING:
+    import torch
 
 AREA_MIN = 0.02  # smallest erased fraction of the image (the paper's s_l)
 ASPECT_RANGE = (0.3, 3.3)  # height / width of the box, drawn log-uniformly (the paper's r_1, 1/r_1)
 
 
 def _uniform(low: float, high: float, n: int, generator: torch.Generator) -> torch.Tensor:
+    import torch
+
     return low + (high - low) * torch.rand(n, device=generator.device, generator=generator)
 
 
@@ -25,6 +30,8 @@ def random_erase(images: torch.Tensor, p: float, area_max: float, fill: str,
     makes them smaller. ``fill`` "random" writes N(0, 1) noise per pixel, "zero" writes 0: the
     batch is already normalised, so both mean "typical values", as in timm.
     """
+    import torch
+
     n, _, h, w = images.shape
     dev = images.device
     erase = torch.rand(n, device=dev, generator=generator) < p

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import IntDistribution
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
+if TYPE_CHECKING:
+    import torch
+
 
 def repeated_order(n: int, repeats: int, generator: torch.Generator) -> torch.Tensor:
     """An epoch of ``n`` indices: ceil(n / repeats) random distinct samples, each repeated
     ``repeats`` times in a row (the last one maybe fewer), so an epoch keeps its length."""
+    import torch
+
     picked = torch.randperm(n, device=generator.device, generator=generator)
     picked = picked[:(n + repeats - 1) // repeats]
     return picked.repeat_interleave(repeats)[:n]

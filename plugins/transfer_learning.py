@@ -2,14 +2,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from optuna.distributions import CategoricalDistribution, IntDistribution
-from torch import nn
 
-from automl.checkpoints import LoadReport, load_matching, load_weights
 from automl.errors import UserError
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from automl.checkpoints import LoadReport
 
 log = logging.getLogger("automl")
 
@@ -65,6 +69,8 @@ class TransferLearning(Technique):
 
     @hookimpl
     def modify_model(self, state):  # after weight_init (tryfirst), before surgery (trylast)
+        from automl.checkpoints import load_matching, load_weights
+
         path = self.params["checkpoint"]
         if not path:
             raise UserError("transfer_learning: no checkpoint given; set "

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
 from optuna.distributions import FloatDistribution
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
+
+if TYPE_CHECKING:
+    import torch
 
 _KEY = "triplet_embedding"
 
@@ -15,6 +18,9 @@ def batch_hard_triplet(embeddings: torch.Tensor, labels: torch.Tensor,
     """Batch-hard triplet loss: for each anchor, relu(farthest positive − nearest negative +
     margin) in Euclidean distance, averaged over anchors that have both a positive and a
     negative in the batch (zero, still differentiable, when none has)."""
+    import torch
+    import torch.nn.functional as F
+
     sq = embeddings.pow(2).sum(1)
     dist = (sq[:, None] + sq[None, :] - 2 * embeddings @ embeddings.T).clamp_min(1e-12).sqrt()
     same = labels[:, None] == labels[None, :]
@@ -58,6 +64,8 @@ class TripletLoss(Technique):
 
     @hookimpl
     def after_loss(self, state):
+        import torch.nn.functional as F
+
         embeddings = F.normalize(state.extras.pop(_KEY).float(), dim=1)
         labels = state.targets.argmax(1) if state.targets.dim() == 2 else state.targets
         state.loss = state.loss + self.params["weight"] * batch_hard_triplet(

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
+
+if TYPE_CHECKING:
+    import torch
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float,

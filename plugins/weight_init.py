@@ -1,11 +1,14 @@
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from optuna.distributions import CategoricalDistribution
-from torch import nn
 
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:
@@ -16,6 +19,9 @@ def init_weights(model: nn.Module, scheme: str) -> None:
     Xavier: Glorot uniform. Orthogonal: unit gain, rows (or columns) orthonormal.
     Normalisation layers keep their own init (timm may zero the last BN of each block).
     """
+    import torch
+    from torch import nn
+
     with torch.no_grad():
         for module in model.modules():
             is_conv = isinstance(module, nn.modules.conv._ConvNd)

@@ -13,7 +13,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from automl.plugins.class_weights import class_frequency_weights
-from automl.plugins.ghost_batch_norm import (
+from automl.plugins.ghost_batch_norm_layer import (
     GhostBatchNorm2d,
     ghost_batch_norm,
     replace_batch_norm,

@@ -145,8 +145,10 @@ def test_search_prints_trials_table_and_writes_the_run(searched):
     assert int(trial_lines[-1][5]) == best.number
     assert float(trial_lines[-1][4]) == pytest.approx(best.value, abs=1e-4)
     assert int(rows[0][0]) == best.number
-    # best_recipe.yaml is the full recipe the best trial trained with
-    assert yaml.safe_load((run / "best_recipe.yaml").read_text()) == best.user_attrs["recipe"]
+    # best_recipe.yaml is the full recipe the best trial trained with, and where it came from
+    exported = yaml.safe_load((run / "best_recipe.yaml").read_text())
+    assert exported.pop("provenance")["trial"] == best.number
+    assert exported == best.user_attrs["recipe"]
     for t in study.trials:
         recipe = t.user_attrs["recipe"]
         assert set(recipe["techniques"]) >= {"optimizer", "lr_schedule"}
@@ -218,12 +220,14 @@ def test_export_best_and_baseline(searched, tmp_path):
 
     printed = invoke("export", "--out", run, "--study-name", "tiny")
     assert printed.exit_code == 0
-    assert printed.output == out.read_text()
+    assert printed.stdout == out.read_text()  # which study and trial: on stderr
 
     base = tmp_path / "base.yaml"
     result = invoke("export", "--out", run, "--study-name", "tiny", "--trial", "0", "-o", str(base))
     assert result.exit_code == 0, result.output
-    assert yaml.safe_load(base.read_text()) == baseline_recipe()
+    exported = yaml.safe_load(base.read_text())
+    assert exported.pop("provenance")["trial"] == 0
+    assert exported == baseline_recipe()
 
 
 @pytest.mark.parametrize("command", ["show", "export"])
@@ -239,7 +243,8 @@ def test_export_unknown_trial_and_missing_run_dir(searched, tmp_path):
     root, _ = searched
     result = invoke("export", "--out", str(root / "RUN"), "--study-name", "tiny", "--trial", "9")
     assert result.exit_code == 2
-    assert "9" in error_line(result)
+    study_line, error = result.stderr.splitlines()  # the study it read, then the error
+    assert study_line.startswith("study 'tiny' in ") and error.startswith("Error: ") and "9" in error
     result = invoke("show", "--out", str(tmp_path / "nothing-here"), "--study-name", "tiny")
     assert result.exit_code == 2
     assert error_line(result).startswith("Error: ")
@@ -279,11 +284,12 @@ def test_trained_weights_load_into_a_fresh_model_and_reproduce_test_accuracy(tra
     import timm
 
     import automl.models  # noqa: F401  (registers automl_resnet8 in timm)
+    from automl.checkpoints import load_weights
     from automl.data import load_data
 
     root, _ = trained
     model = timm.create_model("automl_resnet8", num_classes=10, in_chans=1)
-    state_dict = torch.load(root / "T" / "model.pt", weights_only=True, map_location="cpu")
+    state_dict = load_weights(root / "T" / "model.pt")  # the model file's state_dict entry
     model.load_state_dict(state_dict)  # strict: every key and shape matches
     model.eval()
 
@@ -451,7 +457,7 @@ def test_sqlite_storage_round_trip(space_dir):
     assert sorted(int(r[0]) for r in TABLE_ROW.findall(shown.output)) == [0, 1]
     exported = invoke("export", "--storage", url, "--study-name", "tiny")
     assert exported.exit_code == 0
-    assert exported.output == (space_dir / "RUN" / "best_recipe.yaml").read_text()
+    assert exported.stdout == (space_dir / "RUN" / "best_recipe.yaml").read_text()
     missing = invoke("show", "--storage", url, "--study-name", "nope")
     assert missing.exit_code == 2 and "tiny" in error_line(missing)
 
@@ -598,8 +604,9 @@ def test_train_seed_changes_the_run_and_equal_seeds_reproduce(subset_recipe):
     assert first["seed"] == again["seed"] == 1 and other["seed"] == 2
     assert recipe["seed"] == 1  # the recipe written is the one trained
     assert first["history"] == again["history"] and first["metrics"] == again["metrics"]
-    weights = [torch.load(subset_recipe / out / "model.pt", weights_only=True)
-               for out in ("A", "B", "C")]
+    from automl.checkpoints import load_weights
+
+    weights = [load_weights(subset_recipe / out / "model.pt") for out in ("A", "B", "C")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert first["history"][0]["train/loss"] != other["history"][0]["train/loss"]
     assert any(not torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

@@ -152,6 +152,7 @@ def test_a_signal_fails_the_running_trial_and_keeps_the_best_recipe(tmp_path, si
             if t.user_attrs.get(RETRY_OF) == stopped] == [trial.params]
     best = yaml.safe_load(best_before)
     assert yaml.safe_load((run_dir / "best_recipe.yaml").read_text()) == best
+    assert best.pop("provenance")["trial"] == study.best_trial.number
     assert best == study.best_trial.user_attrs["recipe"]
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.checkpoints import load_weights
 from automl.data import load_data
 from automl.discovery import technique_catalog
 from automl.recipe import Recipe
@@ -88,7 +89,7 @@ def test_retraining_a_recipe_gives_identical_metrics_and_weights(tmp_path):
     records = [json.loads((tmp_path / out / "metrics.json").read_text()) for out in ("A", "B")]
     assert records[0]["metrics"] == records[1]["metrics"]
     assert records[0]["history"] == records[1]["history"]
-    weights = [torch.load(tmp_path / out / "model.pt", weights_only=True) for out in ("A", "B")]
+    weights = [load_weights(tmp_path / out / "model.pt") for out in ("A", "B")]
     assert list(weights[0]) == list(weights[1])
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
@@ -98,5 +99,5 @@ def test_another_recipe_seed_gives_other_weights(tmp_path):
     """The comparison above can tell runs apart: only the seed differs here."""
     replay(RECIPE, tmp_path / "A", device="cpu")
     replay(dataclasses.replace(RECIPE, seed=RECIPE.seed + 1), tmp_path / "B", device="cpu")
-    weights = [torch.load(tmp_path / out / "model.pt", weights_only=True) for out in ("A", "B")]
+    weights = [load_weights(tmp_path / out / "model.pt") for out in ("A", "B")]
     assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -121,7 +121,7 @@ def test_a_search_warm_starts_then_confirms_its_best_trials(tmp_path):
     assert shown.exit_code == 0 and "\n".join(lines) in shown.output
     exported = CliRunner().invoke(cli, ["export", *run])
     assert exported.exit_code == 0
-    assert exported.output == (tmp_path / "run" / BEST_RECIPE).read_text()
+    assert exported.stdout == (tmp_path / "run" / BEST_RECIPE).read_text()
 
 
 def test_confirmation_resumes_without_repeating_runs(tmp_path):

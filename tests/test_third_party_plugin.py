@@ -270,7 +270,7 @@ def test_search_uses_both_third_party_techniques_in_every_trial(good_site):
         result = runner.invoke(cli, ["export", "--out", str(root / "RUN"), "--study-name",
                                      "space", "--trial", str(number)])
         assert result.exit_code == 0, result.output
-        recipes.append(yaml.safe_load(result.output))
+        recipes.append(yaml.safe_load(result.stdout))
     assert best in recipes
     for recipe in recipes:
         assert set(recipe["techniques"]) == {"optimizer", "input_noise", "grad_noise"}

@@ -1,0 +1,150 @@
+"""Where a recipe came from: study, trial, score, versions — written into exported recipes.
+
+A recipe file outlives its run folder: ``provenance:`` says which study and trial produced it,
+how well it scored (and the confirmed mean, when the search re-ran it), when that trial
+finished, and the versions of the project, its libraries and the loaded plugins. It never
+changes training: ``automl train`` carries it into its ``metrics.json`` and ``recipe.yaml``,
+and a provenance block it cannot read is dropped with a warning, never an error (it is a
+record, and a hand-edited one must not stop a run). Everything in it is derived from the study
+and the installed packages, so ``best_recipe.yaml`` and ``automl export`` write the same text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+    from automl.recipe import Recipe
+
+__all__ = ["PROVENANCE_KEY", "trial_provenance", "with_provenance", "checked_provenance",
+           "provenance_lines", "library_versions"]
+
+PROVENANCE_KEY = "provenance"
+PROJECT_DISTRIBUTION = "automl-recipes"
+LIBRARIES = ("torch", "timm", "optuna")
+
+logger = logging.getLogger("automl")
+
+
+def library_versions() -> dict[str, str]:
+    """The project's, Python's and the training libraries' versions (read from the installed
+    distributions: nothing is imported)."""
+    found = {PROJECT_DISTRIBUTION: _version(PROJECT_DISTRIBUTION),
+             "python": platform.python_version()}
+    found.update({name: _version(name) for name in LIBRARIES})
+    return found
+
+
+def _version(distribution: str) -> str:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def plugin_versions() -> dict[str, str]:
+    """Each loaded plugin and the distribution (name and version) it came from."""
+    from automl.discovery import discovery_manager, plugin_origin
+
+    return {name: plugin_origin(name) for name, _ in discovery_manager().list_name_plugin()}
+
+
+def trial_provenance(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    """The provenance of ``trial``'s recipe, as plain YAML values."""
+    from automl.confirm import confirmed
+
+    record: dict[str, Any] = {
+        "study": study.study_name,
+        "trial": trial.number,
+        "metric": study.user_attrs.get("metric", "value"),
+        "direction": study.direction.name.lower(),
+        "score": _number(trial.value),
+    }
+    for candidate in confirmed(study):
+        if candidate.number == trial.number:
+            record["confirmed_mean"] = _number(candidate.mean)
+            record["confirmed_std"] = _number(candidate.std)
+            record["confirmed_runs"] = len(candidate.values)
+    if trial.user_attrs.get("baseline"):
+        record["baseline"] = True
+    if trial.datetime_complete is not None:
+        record["finished"] = trial.datetime_complete.isoformat(timespec="seconds")
+    record["versions"] = library_versions()
+    record["plugins"] = plugin_versions()
+    return record
+
+
+def _number(value: float | None) -> float | None:
+    """A score as YAML can hold it (NaN and None become null)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def with_provenance(recipe: Recipe, study: optuna.Study, trial: FrozenTrial) -> Recipe:
+    """``recipe`` carrying the provenance of ``trial``."""
+    return dataclasses.replace(recipe, provenance=trial_provenance(study, trial))
+
+
+def checked_provenance(value: Any, file: str) -> dict[str, Any] | None:
+    """A recipe file's ``provenance:`` block if it is a mapping of plain values, else None
+    and a warning: a record that cannot be read must not stop training."""
+    if value is None:
+        return None
+    problem = _problem(value)
+    if problem:
+        logger.warning("%s: provenance: %s; ignored (it is a record only, training is not "
+                       "affected)", file, problem)
+        return None
+    return value
+
+
+def _problem(value: Any, where: str = "") -> str | None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _problem(item, f"{where}.{key}" if where else str(key))
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            problem = _problem(item, f"{where}.{i}")
+            if problem:
+                return problem
+        return None
+    if where == "":
+        return f"expected a mapping, got {type(value).__name__}"
+    if value is None or isinstance(value, str | int | float | bool):
+        return None
+    return f"{where}: unexpected {type(value).__name__}"  # e.g. a YAML date
+
+
+def provenance_lines(provenance: dict[str, Any] | None) -> list[str]:
+    """The provenance as short lines for a comment at the top of an exported file."""
+    if not provenance:
+        return ["provenance: none recorded"]
+    p = provenance
+    score = p.get("score")
+    line = (f"from study '{p.get('study')}', trial {p.get('trial')}: {p.get('metric')} "
+            f"{score if score is None else format(score, '.4f')}")
+    if p.get("confirmed_mean") is not None:
+        line += (f" (confirmed mean {p['confirmed_mean']:.4f} over {p.get('confirmed_runs')} "
+                 "runs)")
+    lines = [line]
+    if p.get("finished"):
+        lines.append(f"trial finished {p['finished']}")
+    versions = p.get("versions") or {}
+    if versions:
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    plugins = p.get("plugins") or {}
+    if plugins:
+        lines.append("plugins: " + ", ".join(f"{k} ({v})" for k, v in plugins.items()))
+    return lines
