@@ -28,6 +28,7 @@ __all__ = ["FORMATS", "DataShape", "Export", "timm_export", "torchvision_export"
            "data_shape", "export_text"]
 
 FORMATS = ("recipe", "timm", "torchvision")
+MOMENTUM_OPTIMIZERS = ("sgd", "nesterov", "rmsprop")  # trained with momentum 0.9
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,9 @@ def _timm_optimizer(p, ctx):
     from automl.plugins.optimizer import TIMM_OPTIMIZERS
 
     opt, kwargs = TIMM_OPTIMIZERS[p["name"]]
-    options = {"opt": opt, "lr": p["lr"] * ctx.lr_scale, "momentum": 0.9}
+    options = {"opt": opt, "lr": p["lr"] * ctx.lr_scale}
+    if p["name"] in MOMENTUM_OPTIMIZERS:
+        options["momentum"] = 0.9  # timm's factory default, as trained
     if kwargs:
         options["opt_kwargs"] = dict(kwargs)
     return _export(options)
@@ -346,7 +349,7 @@ def _tv_optimizer(p, ctx):
                                             "RMSprop and AdamW only (it will use SGD)"])
     options = {"--opt": TORCHVISION_OPTIMIZERS[p["name"]], **options}
     approximated = []
-    if p["name"] in ("sgd", "nesterov", "rmsprop"):
+    if p["name"] in MOMENTUM_OPTIMIZERS:
         options["--momentum"] = 0.9
     if p["name"] == "rmsprop":
         approximated.append("optimizer rmsprop: the script uses eps 0.0316 (TF-style), timm's "

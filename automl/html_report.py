@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 
 from automl.errors import UserError
-from automl.study_summary import CONFIDENCE, StudySummary, format_value, summarize
+from automl.study_summary import CONFIDENCE, StudySummary, summarize, values_text
 from automl.yamlio import write_atomic
 
 __all__ = ["require_report_extra", "report_path", "write_report", "render_html", "REPORT_FOLDER",
@@ -114,9 +114,8 @@ def _figures(summary: StudySummary) -> dict:
     metric = summary.metric
     if summary.contenders:
         merged = _merged_contenders(summary)
-        labels = [f"trial {c.number}<br>{role}<br>" + (
-            f"{c.mean:.4f} ± {c.std:.4f} (n={len(c.runs)})" if len(c.runs) > 1
-            else f"{c.value:.4f}") for role, c in merged]
+        labels = [f"trial {c.number}<br>{role}<br>{c.runs_text() or f'{c.value:.4f}'}"
+                  for role, c in merged]
         fig = go.Figure([
             go.Bar(x=labels, y=[c.mean for _, c in merged], width=0.5, name="mean",
                    error_y={"type": "data", "array": [c.std for _, c in merged]},
@@ -220,22 +219,23 @@ def _contenders_html(summary: StudySummary) -> str:
         return "<p>No trial has finished yet.</p>"
     rows = []
     for role, c in merged:
-        runs = (f"{c.mean:.4f} ± {c.std:.4f} (n={len(c.runs)})" if len(c.runs) > 1 else "")
-        techniques = "; ".join(f"{k}({', '.join(f'{p}={format_value(v)}' for p, v in values.items())})"
+        runs = c.runs_text()
+        techniques = "; ".join(f"{k}({values_text(values)})" if values else k
                                for k, values in c.techniques.items())
         rows.append(f"<tr><td>{c.number}</td><td>{_esc(role)}</td><td>{c.value:.4f}</td>"
                     f"<td>{runs}</td><td class='recipe'>{_esc(techniques)}</td></tr>")
     baseline = next((c for role, c in merged if "baseline" in role), None)
-    best = next((c for role, c in merged if "confirmed" in role), None) or \
-        next((c for role, c in merged if "best" in role), None)
+    best = next((c for c in summary.contenders if c.role == "confirmed winner"), None) or \
+        next((c for c in summary.contenders if c.role == "best single score"), None)
     margin = ""
-    if baseline and best and best is not baseline:
-        which = "mean over its runs" if best.runs and baseline.runs else "score"
-        margin = (f"<p class='margin'>The {'confirmed winner' if best.runs else 'best'} "
-                  f"(trial {best.number}) against the baseline (trial {baseline.number}): "
-                  f"<b>{best.mean - baseline.mean:+.4f}</b> {_esc(summary.metric)} "
-                  f"({which}).</p>")
-    elif baseline and best is baseline:
+    if baseline and best and best.number != baseline.number:
+        both = bool(best.runs and baseline.runs)
+        diff = best.mean - baseline.mean if both else best.value - baseline.value
+        margin = (f"<p class='margin'>The {best.role} (trial {best.number}) against the "
+                  f"baseline (trial {baseline.number}): <b>{diff:+.4f}</b> "
+                  f"{_esc(summary.metric)} "
+                  f"({'means over their runs' if both else 'single scores'}).</p>")
+    elif baseline and best:
         margin = "<p class='margin'>The baseline is the best trial.</p>"
     return (margin + "<table><thead><tr><th>trial</th><th>role</th>"
             f"<th>{_esc(summary.metric)}</th><th>confirmed: mean ± std (runs)</th>"

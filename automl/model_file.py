@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +60,7 @@ class ModelInfo:
     dataset: str
     rebuild: list[str]  # techniques whose model hooks are replayed to rebuild the model
     recipe: dict[str, Any]  # the recipe trained (Recipe.to_dict form)
-    versions: dict[str, Any]  # automl-recipes, torch, timm, python, plugins
+    versions: dict[str, Any]  # automl-recipes, python, torch, timm, optuna, plugins
     metrics: dict[str, float]  # the training run's final metrics (test/acc1, ...)
 
     @property
@@ -196,8 +195,8 @@ def _info(record: object, path: Path) -> ModelInfo:
 
 
 def build_model(info: ModelInfo, path: Path | str = "model file") -> nn.Module:
-    """A fresh (untrained) model of the recorded architecture, its recorded techniques'
-    hooks replayed; its modules must be of the recorded types, module by module."""
+    """A fresh (untrained) model of the recorded architecture and arguments, the recorded
+    techniques' model hooks replayed (load_model then checks its modules' types)."""
     import timm
 
     import automl.models  # noqa: F401  (registers the project's small networks in timm)
@@ -225,10 +224,14 @@ def _rebuilt_through_hooks(info: ModelInfo) -> nn.Module:
     recipe.techniques = {k: v for k, v in recipe.techniques.items() if k in info.rebuild}
     pm = training_manager(recipe)
     state = model_only_state(recipe, info)
-    kwargs = {k: v for k, v in info.model_kwargs.items() if k not in ("num_classes", "in_chans")}
-    state.model = pm.hook.build_model(state=state, kwargs=kwargs)
+    state.model = pm.hook.build_model(state=state, kwargs=_factory_kwargs(info.model_kwargs))
     pm.hook.modify_model(state=state)
     return state.model
+
+
+def _factory_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The recorded arguments less those build_model takes from the state itself."""
+    return {k: v for k, v in kwargs.items() if k not in ("num_classes", "in_chans")}
 
 
 def model_only_state(recipe, info: ModelInfo) -> TrainState:
@@ -321,12 +324,10 @@ def _techniques_changing_the_model(state: TrainState, pm: pluggy.PluginManager,
     model itself, and each modify_model that changes a module's type (probed one by one, in
     call order, on a fresh CPU model). Those that only change weights (an init, loaded
     weights) are left out: the saved weights replace theirs."""
-    import timm
-
     builders = [impl.plugin_name for impl in pm.hook.build_model.get_hookimpls()
                 if impl.plugin_name != "core"]
     probe = dataclasses.replace(state, device=torch.device("cpu"), extras={})
-    probe.model = timm.create_model(state.recipe.model, **kwargs)
+    probe.model = pm.hook.build_model(state=probe, kwargs=_factory_kwargs(kwargs))
     changing = []
     for impl in reversed(pm.hook.modify_model.get_hookimpls()):  # pluggy calls last-first
         if impl.hookwrapper or impl.wrapper:
@@ -339,19 +340,10 @@ def _techniques_changing_the_model(state: TrainState, pm: pluggy.PluginManager,
 
 
 def _versions() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
+    """automl-recipes, Python, torch, timm, Optuna, and each loaded plugin's distribution."""
+    from automl.provenance import library_versions, plugin_versions
 
-    import timm
-
-    from automl.discovery import discovery_manager, plugin_origin
-
-    try:
-        project = version("automl-recipes")
-    except PackageNotFoundError:
-        project = "unknown"
-    plugins = {name: plugin_origin(name) for name, _ in discovery_manager().list_name_plugin()}
-    return {"automl-recipes": project, "torch": torch.__version__, "timm": timm.__version__,
-            "python": platform.python_version(), "plugins": plugins}
+    return {**library_versions(), "plugins": plugin_versions()}
 
 
 def _check_rebuild(info: ModelInfo, model: nn.Module, path: Path) -> None:

@@ -99,7 +99,8 @@ def checked_provenance(value: Any, file: str) -> dict[str, Any] | None:
     and a warning: a record that cannot be read must not stop training."""
     if value is None:
         return None
-    problem = _problem(value)
+    problem = (_problem(value) if isinstance(value, dict)
+               else f"expected a mapping, got {type(value).__name__}")
     if problem:
         logger.warning("%s: provenance: %s; ignored (it is a record only, training is not "
                        "affected)", file, problem)
@@ -108,6 +109,7 @@ def checked_provenance(value: Any, file: str) -> dict[str, Any] | None:
 
 
 def _problem(value: Any, where: str = "") -> str | None:
+    """The first value that is not a plain YAML scalar, list or mapping, named by its path."""
     if isinstance(value, dict):
         for key, item in value.items():
             problem = _problem(item, f"{where}.{key}" if where else str(key))
@@ -120,8 +122,6 @@ def _problem(value: Any, where: str = "") -> str | None:
             if problem:
                 return problem
         return None
-    if where == "":
-        return f"expected a mapping, got {type(value).__name__}"
     if value is None or isinstance(value, str | int | float | bool):
         return None
     return f"{where}: unexpected {type(value).__name__}"  # e.g. a YAML date

@@ -51,6 +51,7 @@ def _best_so_far(s: StudySummary):
         ax.set_xlabel(xlabel)
         ax.set_ylabel(s.metric)
         ax.grid(alpha=.3)
+    _whole_numbers(by_trial.xaxis)
     by_trial.legend()
     fig.suptitle(f"{s.name}: best so far")
     return fig
@@ -72,6 +73,7 @@ def _curves(s: StudySummary):
         if r.pruned_at is not None:
             ax.plot(*r.curve[-1], "x", color="#d62728", markersize=9, markeredgewidth=2)
     ax.set_xlabel("epoch")
+    _whole_numbers(ax.xaxis)
     ax.set_ylabel(s.metric)
     ax.grid(alpha=.3)
     ax.set_title(f"{s.name}: learning curves (x = pruned there)")
@@ -115,15 +117,23 @@ def _contenders(s: StudySummary):
     merged: dict[int, list] = {}
     for c in s.contenders:
         merged.setdefault(c.number, [[], c])[0].append(c.role)
-    fig, (ax,) = _figure(6, 3.4)
-    labels = [f"trial {c.number}\n{', '.join(roles)}" for roles, c in merged.values()]
-    means = [c.mean for _, c in merged.values()]
-    ax.bar(labels, means, yerr=[c.std for _, c in merged.values()], capsize=5,
-           color=["C0" if "baseline" in roles else "C2" for roles, _ in merged.values()])
-    for i, m in enumerate(means):
-        ax.annotate(f"{m:.4f}", (i, m), ha="center", va="bottom", xytext=(0, 3),
-                    textcoords="offset points")
+    fig, (ax,) = _figure(6, 3.6)
+    entries = list(merged.values())
+    labels = [f"trial {c.number}\n{', '.join(roles)}\n{c.runs_text() or f'{c.value:.4f}'}"
+              for roles, c in entries]
+    xs = range(len(entries))
+    ax.bar(xs, [c.mean for _, c in entries], width=.5, yerr=[c.std for _, c in entries],
+           capsize=5, color=["C0" if "baseline" in roles else "C2" for roles, _ in entries])
+    for x, (_, c) in zip(xs, entries, strict=True):
+        runs = c.runs or [c.value]
+        ax.plot([x] * len(runs), runs, "o", color="black", markersize=4)
+    ax.set_xticks(list(xs), labels, fontsize="small")
     ax.set_ylabel(s.metric)
-    ax.tick_params(axis="x", labelsize="small")
     ax.set_title(f"{s.name}: baseline against the best")
     return fig
+
+
+def _whole_numbers(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 __all__ = ["StudySummary", "TrialRow", "Progress", "Effect", "Contender", "FailureGroup",
            "summarize", "trial_rows", "space_techniques", "best_so_far", "technique_effects",
            "welch_interval", "param_importances", "contenders", "failure_groups",
-           "format_value", "MIN_IMPORTANCE_TRIALS", "CONFIDENCE"]
+           "format_value", "values_text", "MIN_IMPORTANCE_TRIALS", "CONFIDENCE"]
 
 #: fANOVA on fewer finished trials rates noise; below this the report says so instead.
 MIN_IMPORTANCE_TRIALS = 4
@@ -49,8 +49,7 @@ class TrialRow:
         """``off``, ``on``, or the technique's values: ``schedule=cosine, warmup=0.12``."""
         if name not in self.techniques:
             return "off"
-        values = self.techniques[name]
-        return ", ".join(f"{k}={format_value(v)}" for k, v in values.items()) or "on"
+        return values_text(self.techniques[name]) or "on"
 
 
 @dataclass
@@ -102,6 +101,7 @@ class Contender:
     value: float
     techniques: dict[str, dict]
     runs: list[float] = field(default_factory=list)  # its value and its confirmation runs
+    failed_runs: int = 0  # confirmation runs that failed (not in ``runs``)
 
     @property
     def mean(self) -> float:
@@ -110,6 +110,13 @@ class Contender:
     @property
     def std(self) -> float:
         return statistics.stdev(self.runs) if len(self.runs) > 1 else 0.0
+
+    def runs_text(self) -> str:
+        """``0.8345 ± 0.0813 (n=2)``, with failed runs counted; empty when not confirmed."""
+        if not self.runs or len(self.runs) + self.failed_runs < 2:
+            return ""
+        failed = f", {self.failed_runs} failed" if self.failed_runs else ""
+        return f"{self.mean:.4f} ± {self.std:.4f} (n={len(self.runs)}{failed})"
 
 
 @dataclass
@@ -284,8 +291,10 @@ def contenders(study: optuna.Study) -> list[Contender]:
 
     def add(role: str, trial: FrozenTrial | None) -> None:
         if trial is not None and trial.value is not None:
+            values = runs.get(trial.number, [])
+            finite = [v for v in values if math.isfinite(v)]
             found.append(Contender(role, trial.number, trial.value, _techniques(trial),
-                                   runs.get(trial.number, [])))
+                                   finite, len(values) - len(finite)))
 
     add("baseline", next((t for t in by_number.values() if t.user_attrs.get("baseline")
                           and t.state == TrialState.COMPLETE), None))
@@ -310,6 +319,11 @@ def failure_groups(study: optuna.Study) -> list[FailureGroup]:
             groups[("pruned", reason)].append(t.number)
     found = [FailureGroup(state, reason, numbers) for (state, reason), numbers in groups.items()]
     return sorted(found, key=lambda g: (g.state != "fail", -len(g.trials), g.reason))
+
+
+def values_text(values: dict) -> str:
+    """A technique's values by name: ``schedule=cosine, warmup=0.12``."""
+    return ", ".join(f"{k}={format_value(v)}" for k, v in values.items())
 
 
 def format_value(value) -> str:

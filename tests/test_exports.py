@@ -463,14 +463,17 @@ def test_a_broken_provenance_warns_and_training_goes_on(searched, tmp_path):
     ("provenance: {study: s, trial: 3, finished: 2026-11-29 10:00:00}\n",
      {"study": "s", "trial": 3, "finished": "2026-11-29 10:00:00"}),  # a hand-written date
     ("provenance: 42\n", None),
+    ("provenance: [hand, edited]\n", None),
     ("provenance: {study: {nested: [1, {deep: 2}]}}\n", {"study": {"nested": [1, {"deep": 2}]}}),
 ])
 def test_provenance_is_read_or_dropped_never_an_error(tmp_path, monkeypatch, caplog, block,
                                                       kept):
     monkeypatch.setattr(logging.getLogger("automl"), "propagate", True)
     path = tmp_path / "r.yaml"
-    path.write_text("model: automl_resnet8\nepochs: 1\ntechniques:\n  optimizer: {}\n"
-                    "  lr_schedule: {}\n" + block)
+    path.write_text("model: automl_resnet8\nepochs: 1\ntechniques:\n"
+                    "  optimizer: {name: sgd, lr: 0.1}\n"
+                    "  lr_schedule: {schedule: cosine, warmup: 0.0, warmup_shape: linear}\n"
+                    + block)
     with caplog.at_level(logging.WARNING, logger="automl"):
         parsed = load_recipe(path, technique_catalog())
     assert parsed.provenance == kept

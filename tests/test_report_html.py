@@ -4,6 +4,7 @@ computation from the trials."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -121,7 +122,7 @@ def test_effect_table_agrees_with_a_hand_computation(reported):
     study, _, page = reported
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(done) >= 3
-    contrasted = 0
+    contrasted = intervals = 0
     for name in TECHNIQUES:
         on = [t.value for t in done if name in t.user_attrs["recipe"]["techniques"]]
         off = [t.value for t in done if name not in t.user_attrs["recipe"]["techniques"]]
@@ -140,11 +141,13 @@ def test_effect_table_agrees_with_a_hand_computation(reported):
             low, high = ttest_ind(on, off, equal_var=False).confidence_interval(0.95)
             shown = [float(x) for x in re.findall(r"[-+][\d.]+", interval)]
             assert shown == pytest.approx([low, high], abs=6e-5)
+            intervals += 1
         else:
             assert interval == "" and "too few" in verdict
     # optimizer and lr_schedule are required: on in every trial
     assert "no contrast (on in all" in page
     assert contrasted >= 1, "no technique was both on and off in the finished trials"
+    assert intervals >= 1, "no technique was on and off in two finished trials each"
 
 
 def test_baseline_best_and_confirmed_winner_are_compared(reported):
@@ -156,13 +159,28 @@ def test_baseline_best_and_confirmed_winner_are_compared(reported):
     assert re.search(rf"<td>{winner}</td><td>[^<]*confirmed winner", section)
 
 
-def test_pruned_trials_are_marked_on_the_learning_curves(reported):
+def _figure_data(page: str, name: str) -> list[dict]:
+    """The traces of one inline figure, as the page hands them to Plotly.newPlot."""
+    start = re.search(rf'Plotly\.newPlot\(\s*"plot-{name}",\s*', page).end()
+    return json.JSONDecoder().raw_decode(page[start:])[0]
+
+
+def test_every_trial_has_a_learning_curve_with_the_prune_points_marked(reported):
     study, _, page = reported
-    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
-    if pruned:
-        assert '"name":"pruned here"' in page
-    else:
-        assert '"name":"pruned here"' not in page
+    traces = _figure_data(page, "curves")
+    curves = {t["name"]: list(zip(t["x"], t["y"], strict=True)) for t in traces
+              if t["name"] != "pruned here"}  # JSON keeps every digit of a float
+    reported_any = [t for t in study.trials if t.intermediate_values]
+    assert len(curves) == len(reported_any) == len(study.trials)
+    for t in reported_any:
+        assert curves[f"trial {t.number} ({t.state.name.lower()})"] == \
+            sorted(t.intermediate_values.items())
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned, "the search pruned no trial: nothing to mark"
+    marks, = [t for t in traces if t["name"] == "pruned here"]
+    last = [max(t.intermediate_values.items()) for t in pruned]
+    assert list(zip(marks["x"], marks["y"], strict=True)) == last
+    assert marks["text"] == [f"trial {t.number}" for t in pruned]
 
 
 def test_the_pngs_are_written(reported):
@@ -197,7 +215,7 @@ def _chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProc
         capture_output=True, text=True, timeout=180)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:
         if os.environ.get("CI") == "true":
@@ -206,7 +224,7 @@ def browser():
     return CHROMIUM
 
 
-def test_every_plot_renders_in_a_browser_without_network(reported, browser, tmp_path):
+def test_every_plot_renders_in_a_browser_without_network(browser, reported, tmp_path):
     _, folder, page = reported
     dom = _chromium(folder / "report.html", tmp_path / "profile", "--dump-dom")
     body = re.search(r"<body([^>]*)>", dom.stdout)
@@ -224,7 +242,7 @@ def test_every_plot_renders_in_a_browser_without_network(reported, browser, tmp_
         assert len(image.convert("L").getcolors(256)) > 50
 
 
-def test_clicking_a_header_sorts_the_trials_table(reported, browser, tmp_path):
+def test_clicking_a_header_sorts_the_trials_table(browser, reported, tmp_path):
     study, folder, page = reported
     score_column = 4  # trial, state, kind, the metric
     click = ("<script>window.addEventListener('load', function () {"
@@ -315,3 +333,18 @@ def test_without_the_extra_the_command_says_what_to_install(tmp_path):
     assert proc.stderr.strip() == (
         "Error: automl report needs plotly (the report extra): pip install -e '.[report]' "
         "(in a checkout) or pip install 'automl-recipes[report]'")
+
+
+def test_a_failed_confirmation_run_is_counted_not_averaged():
+    from automl.study_summary import contenders
+
+    study = _study(_trial(0.5, ["optimizer"], baseline=True), _trial(0.7, ["optimizer"]))
+    study.set_user_attr("confirmations", {"1": [{"value": None}, {"value": 0.6}],
+                                          "0": [{"value": 0.4}]})
+    study.set_user_attr("confirmed_best", 1)
+    found = {c.role: c for c in contenders(study)}
+    assert set(found) == {"baseline", "best single score", "confirmed winner"}
+    winner = found["confirmed winner"]
+    assert winner.runs == [0.7, 0.6] and winner.failed_runs == 1
+    assert winner.runs_text() == "0.6500 ± 0.0707 (n=2, 1 failed)"
+    assert found["baseline"].mean == pytest.approx(0.45)

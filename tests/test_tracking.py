@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -188,6 +189,41 @@ def test_worker_processes_record_their_trials_too(tracked_search, tmp_path, monk
         history = client.get_metric_history(runs[f"trial-{trial.number:05d}"].info.run_id,
                                             "val/acc1")
         assert {m.step: m.value for m in history} == trial.intermediate_values
+
+
+def test_an_interrupted_trial_ends_its_runs_as_failed(tmp_path):
+    """Ctrl-C in the middle of a trial: its TensorBoard session and MLflow run end as failed
+    (not left running forever) when the process exits."""
+    _need("tensorboard")
+    _need("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    space = tmp_path / "stop.yaml"
+    space.write_text(SPACE.replace("epochs: 2", "epochs: 30"))
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from automl.cli import main; main()", "search", str(space),
+         "--out", str(run_dir), "--device", "cpu", "--log", "tensorboard,mlflow"],
+        env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    deadline = time.monotonic() + 180
+    while not (run_dir / "tensorboard" / "trial-00000").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    events = EventAccumulator(str(run_dir / "tensorboard" / "trial-00000"))
+    events.Reload()
+    end = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_end_info"]).session_end_info
+    assert end.status == api_pb2.STATUS_FAILURE
+    _, runs = _mlflow_runs(run_dir / "mlflow.db", "stop")
+    assert runs["trial-00000"].info.status == "FAILED"
+    assert runs["trial-00000"].data.tags["optuna.fail_reason"] == \
+        "the search stopped while it ran"
 
 
 def test_log_targets_are_named_once_each():
