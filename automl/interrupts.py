@@ -12,9 +12,10 @@ import signal
 import threading
 from contextlib import contextmanager
 
-__all__ = ["Interrupted", "stop_on_signals"]
+__all__ = ["Interrupted", "stop_on_signals", "raise_if_interrupted"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []  # the stop signal that arrived inside stop_on_signals, if any
 
 
 class Interrupted(KeyboardInterrupt):
@@ -33,12 +34,10 @@ def stop_on_signals():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received: list[int] = []
-
     def handler(signum, frame):
-        if received:  # the user insists: no more cleanup
-            os._exit(128 + received[0])
-        received.append(signum)
+        if _received:  # the user insists: no more cleanup
+            os._exit(128 + _received[0])
+        _received.append(signum)
         raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
@@ -47,3 +46,12 @@ def stop_on_signals():
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+        _received.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Raise the stop signal again if it arrived but was lost: the handler's exception, raised
+    inside a garbage-collection callback (SQLAlchemy's, under MLflow's store), is only
+    printed ("Exception ignored in ..."). The driver calls this once per epoch."""
+    if _received:
+        raise Interrupted(_received[0])

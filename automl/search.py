@@ -39,7 +39,7 @@ from automl.failures import (
 )
 from automl.fidelity import FIRST_RUNG, RUNG_TRUST, TrustedRungPruner
 from automl.heartbeat import beating, sweep_stale
-from automl.interrupts import Interrupted
+from automl.interrupts import Interrupted, raise_if_interrupted
 from automl.provenance import with_provenance
 from automl.recipe import Recipe
 from automl.space import SearchSpace
@@ -388,6 +388,7 @@ def _train(trial: optuna.Trial, study: optuna.Study, space: SearchSpace,
         return TrialState.PRUNED, None
 
     def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
+        raise_if_interrupted()  # a stop signal a library's GC callback swallowed
         model[:] = [weakref.ref(state.model)]
         epoch = state.epoch + 1
         score = metrics[settings.metric]

@@ -192,33 +192,36 @@ class TensorBoardTracker:
             self._end(number, "failed", "the search stopped while it ran")
 
     def _end(self, number: int, state: str, reason: str | None) -> None:
-        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+        from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
         writer, params = self.open.pop(number)
         try:
             start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
             for key, value in {**params, "state": state}.items():
-                field = ("bool_value" if isinstance(value, bool) else
-                         "string_value" if isinstance(value, str) else "number_value")
-                setattr(start.hparams[key], field, value)
+                kind = ("bool_value" if isinstance(value, bool) else
+                        "string_value" if isinstance(value, str) else "number_value")
+                setattr(start.hparams[key], kind, value)
             status = {"complete": api_pb2.STATUS_SUCCESS,
                       "failed": api_pb2.STATUS_FAILURE}.get(state, api_pb2.STATUS_UNKNOWN)
             end = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
-            for tag, data in ((metadata.SESSION_START_INFO_TAG,
-                               plugin_data_pb2.HParamsPluginData(session_start_info=start)),
-                              (metadata.SESSION_END_INFO_TAG,
-                               plugin_data_pb2.HParamsPluginData(session_end_info=end))):
-                writer.file_writer.add_summary(_summary(tag, metadata.create_summary_metadata(data)))
+            writer.file_writer.add_summary(_hparams_summary(session_start_info=start))
+            writer.file_writer.add_summary(_hparams_summary(session_end_info=end))
             if reason:
                 writer.add_text("trial/reason", f"{state}: {reason}")
         finally:
             writer.close()
 
 
-def _summary(tag: str, summary_metadata):
+def _hparams_summary(**data):
+    """A summary the HParams plugin reads (what ``torch.utils.tensorboard.summary.hparams``
+    writes, with the session's real status instead of always success)."""
     from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
-    return Summary(value=[Summary.Value(tag=tag, metadata=summary_metadata)])
+    tag = (metadata.SESSION_START_INFO_TAG if "session_start_info" in data
+           else metadata.SESSION_END_INFO_TAG)
+    content = metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(**data))
+    return Summary(value=[Summary.Value(tag=tag, metadata=content)])
 
 
 class MlflowTracker:

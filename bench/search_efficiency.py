@@ -178,6 +178,8 @@ def picked_trial(study: optuna.Study, recipe_file: Path) -> optuna.trial.FrozenT
     if isinstance(confirmed, int) and 0 <= confirmed < len(study.trials):
         return study.trials[confirmed]
     recipe = yaml.safe_load(recipe_file.read_text()) if recipe_file.exists() else None
+    if recipe:
+        recipe.pop("provenance", None)  # where it came from: not part of the trial's recipe
     same = [t for t in study.trials if t.value is not None
             and json.loads(json.dumps(t.user_attrs.get("recipe"))) == recipe]
     if same:

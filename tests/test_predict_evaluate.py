@@ -193,3 +193,38 @@ def test_overwrite_replaces_the_earlier_run(tmp_path):
     result = invoke(*args, "--overwrite")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "T" / "metrics.json").read_text())["test_evaluations"] == 1
+
+
+def test_a_model_trained_on_an_image_folder_evaluates_its_files_as_training_read_them(tmp_path):
+    """RGB PNGs of 24 px, trained at image_size 16: the preprocessing converts the files as the
+    folder dataset did, so evaluating test/ gives the run's recorded confusion matrix."""
+    digits = load_data(DATA)
+    for part, split, per_class in (("train", digits.train, 100), ("test", digits.test, 12)):
+        for label in range(3):
+            folder = tmp_path / "images" / part / f"digit{label}"
+            folder.mkdir(parents=True)
+            for i, index in enumerate((split.labels == label).nonzero()[:per_class, 0].tolist()):
+                gray = Image.fromarray(split.images[index, 0].numpy(), "L")
+                gray.convert("RGB").resize((24, 24), Image.Resampling.BILINEAR).save(
+                    folder / f"{i}.png")
+    recipe = {**RECIPE, "epochs": 3, "data": {"dataset": "folder", "path": str(tmp_path /
+              "images"), "image_size": 16, "batch_size": 16},
+              "techniques": {"optimizer": {"name": "sgd", "lr": 0.02}}}  # small batches
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    result = invoke("train", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "T"),
+                    "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", str(tmp_path / "T"), "--data", str(tmp_path / "images" / "test"),
+                    "-o", str(tmp_path / "e.json"))
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "T" / "metrics.json").read_text())["per_class"]["test"]
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["classes"] == recorded["classes"] == ["digit0", "digit1", "digit2"]
+    assert report["confusion"] == recorded["confusion"]
+    assert sum(row[i] for i, row in enumerate(report["confusion"])) > 24  # learnt something
+
+    _, preprocess, _ = load_model(tmp_path / "T")  # file by file, as the folder reader read them
+    read = load_data({**recipe["data"]}).test.images
+    files = [f for name in report["classes"]
+             for f in sorted((tmp_path / "images" / "test" / name).iterdir())]
+    assert torch.equal(torch.cat([preprocess.to_uint8(Image.open(f)) for f in files]), read)

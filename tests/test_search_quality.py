@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -111,7 +112,9 @@ def test_a_search_warm_starts_then_confirms_its_best_trials(tmp_path):
     best = max(means, key=means.get)
     assert study.user_attrs[CONFIRMED_BEST] == best == chosen_trial(study).number
     exported = load_recipe(tmp_path / "run" / BEST_RECIPE, technique_catalog())
-    assert exported.to_dict() == trials[best].user_attrs["recipe"]
+    assert exported.provenance["confirmed_mean"] == pytest.approx(means[best])
+    assert dataclasses.replace(exported, provenance=None).to_dict() == \
+        trials[best].user_attrs["recipe"]
     assert any(line.startswith("confirming the top") for line in notes)
     lines = verdict(study)
     assert lines[0].startswith("confirmed (val/acc1") and "noise" in "\n".join(lines)

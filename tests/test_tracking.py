@@ -213,7 +213,11 @@ def test_an_interrupted_trial_ends_its_runs_as_failed(tmp_path):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(process.communicate()[1]) from None
     assert process.returncode == 130, err
     events = EventAccumulator(str(run_dir / "tensorboard" / "trial-00000"))
     events.Reload()
@@ -276,8 +280,8 @@ def test_dashboard_serves_the_studys_journal(tmp_path):
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-c", "from automl.cli import main; main()", "dashboard", "--study-name", "tiny", "--out",
-         str(run_dir), "--port", str(port)],
+        [sys.executable, "-c", "from automl.cli import main; main()", "dashboard",
+         "--study-name", "tiny", "--out", str(run_dir), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         studies = None
