@@ -73,7 +73,9 @@ def _warp(images: Tensor, matrices: Tensor, interpolation: str) -> Tensor:
     """
     n, _, h, w = images.shape
     dev = images.device
-    theta = matrices.float() / torch.tensor([0.5 * w, 0.5 * h], device=dev).view(1, 2, 1)
+    half_size = torch.full((1, 2, 1), 0.5 * w, device=dev)
+    half_size[:, 1] = 0.5 * h  # filled on the device: a tensor from a list is a host copy
+    theta = matrices.float() / half_size
     x = torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, w, device=dev).view(1, 1, w)
     y = torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, h, device=dev).view(1, h, 1)
     t = theta.view(n, 6, 1, 1).unbind(1)
@@ -145,12 +147,22 @@ def _autocontrast(images: Tensor, _magnitude: Tensor) -> Tensor:
     return (_levels(images).float() - low).div_(scale).clamp_(0, 255).to(torch.uint8)
 
 
+def _histograms(images: Tensor) -> Tensor:
+    """N×C×256 count of each value per image and channel, into a tensor of fixed shape.
+
+    A ``scatter_add_`` rather than ``torch.bincount``: bincount sizes its output from the
+    input's maximum, which on CUDA reads that maximum back to the host on every call.
+    """
+    flat = images.flatten(2).long()
+    ones = torch.ones((1, 1, 1), device=images.device, dtype=torch.int32).expand(flat.shape)
+    counts = torch.zeros(*flat.shape[:2], 256, device=images.device, dtype=torch.int32)
+    return counts.scatter_add_(2, flat, ones)
+
+
 def _equalize(images: Tensor, _magnitude: Tensor) -> Tensor:
     """Histogram equalisation per channel, PIL's table, from one batched histogram."""
-    n, c, h, w = images.shape
-    offsets = torch.arange(n * c, device=images.device, dtype=torch.int32).view(n, c, 1) * 256
-    bins = (images.flatten(2).int() + offsets).flatten()  # int32: bincount is faster on it
-    hist = torch.bincount(bins, minlength=n * c * 256).view(n, c, 256)
+    _, _, h, w = images.shape
+    hist = _histograms(images)
     cumulative = hist.cumsum(dim=2)
     last = hist.gather(2, cumulative.argmax(dim=2, keepdim=True))  # count of the top value
     step = (h * w - last) // 255

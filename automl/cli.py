@@ -253,8 +253,9 @@ def _apply_data_options(data: dict, data_dir, download) -> None:
         data["download"] = True
 
 
-_STUDY_NAME_HELP = ("The study (default: the only one in the run folder or storage, else the "
-                    "most recently active one under runs/; the one used is printed).")
+_STUDY_NAME_HELP = ("The study (default: the only one in --out/--storage, or with neither in "
+                    "the run folders under runs/; of several, the most recently active one; "
+                    "the one read is printed).")
 
 
 @cli.command()

@@ -1,6 +1,7 @@
 """Plugin discovery: built-in techniques and installed entry points, one manager per trial.
 
-Built-ins are registered through the same ``register_techniques`` hook as third-party plugins.
+Built-ins are registered through the same hooks as third-party plugins
+(``register_techniques``; ``register_datasets`` from :mod:`automl.data.builtin`).
 An entry point in the ``automl`` group may name a module (or object) implementing discovery
 hooks, or a Technique subclass directly. ``AUTOML_PLUGINS`` (an allow-list) and
 ``AUTOML_DISABLE_PLUGINS`` pick which entry points load; a plugin left out is never imported.
@@ -19,17 +20,19 @@ from automl import hookspecs
 from automl.errors import UserError
 
 if TYPE_CHECKING:
+    from automl.data.dataset import Dataset
     from automl.recipe import Recipe
     from automl.technique import Technique
 
-__all__ = ["ENTRY_POINT_GROUP", "ALLOW_ENV", "DISABLE_ENV", "discovery_manager",
-           "plugin_origin", "skipped_plugins", "technique_catalog", "training_manager",
-           "check_technique_hooks", "hook_names"]
+__all__ = ["ENTRY_POINT_GROUP", "ALLOW_ENV", "DISABLE_ENV", "dataset_catalog",
+           "discovery_manager", "plugin_origin", "skipped_plugins", "technique_catalog",
+           "training_manager", "check_technique_hooks", "hook_names"]
 
 ENTRY_POINT_GROUP = "automl"
 ALLOW_ENV = "AUTOML_PLUGINS"  # comma-separated: only these entry points load
 DISABLE_ENV = "AUTOML_DISABLE_PLUGINS"  # comma-separated: these entry points do not load
-_ORIGINS: dict[str, str] = {"builtins": "automl-recipes (built-in)"}
+_ORIGINS: dict[str, str] = {"builtins": "automl-recipes (built-in)",
+                            "builtin_datasets": "automl-recipes (built-in)"}
 _SKIPPED: dict[str, str] = {}
 
 
@@ -38,6 +41,7 @@ def discovery_manager() -> pluggy.PluginManager:
     """The process-wide manager: built-ins first, then the installed plugins the lists allow
     (read from the environment once, at the first call)."""
     selected, skipped = _selected_entry_points()  # a wrong name fails before any import
+    import automl.data.builtin as builtin_datasets
     import automl.plugins as builtins  # the project's plugins/ folder
 
     _SKIPPED.clear()
@@ -45,6 +49,7 @@ def discovery_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs.DiscoverySpecs)
     pm.register(builtins, name="builtins")
+    pm.register(builtin_datasets, name="builtin_datasets")
     for ep in selected:
         try:
             obj = ep.load()
@@ -149,6 +154,28 @@ def technique_catalog() -> dict[str, type[Technique]]:
         catalog[cls.name], sources[cls.name] = cls, _source
 
     for impl in pm.hook.register_techniques.get_hookimpls():
+        impl.function(register=functools.partial(register, _source=impl.plugin_name))
+    return catalog
+
+
+@functools.cache
+def dataset_catalog() -> dict[str, Dataset]:
+    """Every registered dataset by name (see the ``register_datasets`` hook), each checked."""
+    from automl.data.dataset import Dataset
+
+    catalog: dict[str, Dataset] = {}
+
+    def register(name: str, load: Any, *, _source: str, **options: Any) -> None:
+        try:
+            dataset = Dataset.checked(_source, name, load, **options)
+        except TypeError as exc:  # an option that does not exist
+            raise UserError(f"plugin '{_source}' registered dataset {name!r}: {exc}") from None
+        if name in catalog:
+            raise UserError(f"dataset '{name}' is registered twice: by plugin "
+                            f"'{catalog[name].plugin}' and by plugin '{_source}'")
+        catalog[name] = dataset
+
+    for impl in discovery_manager().hook.register_datasets.get_hookimpls():
         impl.function(register=functools.partial(register, _source=impl.plugin_name))
     return catalog
 

@@ -65,16 +65,18 @@ class _Context:
     lr_scale: float  # the batch_size technique's LR scaling
 
 
-Mapping = Callable[[dict[str, Any], _Context], Export]
+#: One technique's translation: its parameters -> the options (and notes) of one script.
+Translation = Callable[[dict[str, Any], _Context], Export]
 
 
 def _context(recipe: Recipe, shape: DataShape | None) -> _Context:
     from automl.functional import lr_scale
+    from automl.plugins.long_training import scaled_epochs
 
     t = recipe.techniques
     epochs = recipe.epochs
     if "long_training" in t:
-        epochs = max(1, round(epochs * t["long_training"]["multiplier"]))
+        epochs = scaled_epochs(epochs, t["long_training"]["multiplier"])
     reference = recipe.data["batch_size"]
     batch, scale = reference, 1.0
     if "batch_size" in t:
@@ -256,7 +258,7 @@ def _timm_transfer(p, ctx):
 
 
 #: technique -> timm train.py options (by dest, as args.yaml holds them)
-TIMM: dict[str, Mapping] = {
+TIMM: dict[str, Translation] = {
     "optimizer": _timm_optimizer,
     "lr_schedule": _timm_lr_schedule,
     "weight_decay": _timm_weight_decay,
@@ -323,7 +325,7 @@ def _train_size(recipe: Recipe, shape: DataShape) -> int:
     return max(1, round(shape.image_size * fixres["train_scale"])) if fixres else shape.image_size
 
 
-def _map_all(recipe: Recipe, ctx: _Context, table: dict[str, Mapping], missing: dict[str, str],
+def _map_all(recipe: Recipe, ctx: _Context, table: dict[str, Translation], missing: dict[str, str],
              out: Export) -> None:
     for name, params in recipe.techniques.items():
         if name in table:
@@ -475,7 +477,7 @@ def _tv_fixres(p, ctx):
 
 
 #: technique -> torchvision reference script flags
-TORCHVISION: dict[str, Mapping] = {
+TORCHVISION: dict[str, Translation] = {
     "optimizer": _tv_optimizer,
     "lr_schedule": _tv_lr_schedule,
     "weight_decay": _tv_weight_decay,

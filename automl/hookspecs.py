@@ -1,8 +1,8 @@
 """The plugin API in one page: every hook a technique or extension can implement.
 
-Two managers use these specs. The process-wide *discovery* manager collects technique classes
-and CLI commands. A fresh *training* manager per trial holds one configured instance of each
-enabled technique; its hooks receive the trial's :class:`~automl.state.TrainState`.
+Two managers use these specs. The process-wide *discovery* manager collects technique classes,
+datasets and CLI commands. A fresh *training* manager per trial holds one configured instance
+of each enabled technique; its hooks receive the trial's :class:`~automl.state.TrainState`.
 
 A hook implementation may accept fewer arguments than its spec (pluggy passes only what it
 asks for), so specs can grow without breaking plugins. Misspelled hook names are rejected when
@@ -34,6 +34,23 @@ class DiscoverySpecs:
         """Call ``register(TechniqueClass)`` for each technique this plugin provides.
 
         The core validates every class it receives (name, space, hooks) before use.
+        """
+
+    @hookspec
+    def register_datasets(self, register: Any) -> None:
+        """Call ``register(name, load, *, reads=None, requires=(), locate=None)`` for each
+        dataset this plugin provides; a space then names it in ``data: {dataset: NAME}``.
+
+        ``load(settings)`` returns ``(train, test, class_names)``: two
+        :class:`~automl.data.Split` (uint8 images N×C×H×W, square, int64 labels); the core
+        cuts validation from ``train``. ``settings`` is the ``data:`` mapping with every
+        default filled in. Import torch and readers inside ``load``, so discovering datasets
+        stays cheap. ``reads`` names the ``data:`` keys the loader reads (``data_dir``, or keys
+        of its own, which a space may then set); the in-process cache loads again only when
+        one of them changes (``None``: any key). ``requires`` names those a space must set,
+        and ``locate(settings)`` finds (or downloads) the files without reading them: the
+        parent of ``--jobs`` workers calls it instead of loading. The built-in datasets are
+        registered through this hook too.
         """
 
     @hookspec

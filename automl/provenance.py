@@ -2,11 +2,12 @@
 
 A recipe file outlives its run folder: ``provenance:`` says which study and trial produced it,
 how well it scored (and the confirmed mean, when the search re-ran it), when that trial
-finished, and the versions of the project, its libraries and the loaded plugins. It never
-changes training: ``automl train`` carries it into its ``metrics.json`` and ``recipe.yaml``,
-and a provenance block it cannot read is dropped with a warning, never an error (it is a
-record, and a hand-edited one must not stop a run). Everything in it is derived from the study
-and the installed packages, so ``best_recipe.yaml`` and ``automl export`` write the same text.
+finished, and the versions of the project, its libraries and the plugins that trained it
+(stored with each trial when it starts). It never changes training: ``automl train`` carries
+it into its ``metrics.json`` and ``recipe.yaml``, and a provenance block it cannot read is
+dropped with a warning, never an error (it is a record, and a hand-edited one must not stop a
+run). Everything in it comes from the study, so ``best_recipe.yaml`` and ``automl export``
+write the same text.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ if TYPE_CHECKING:
 
     from automl.recipe import Recipe
 
-__all__ = ["PROVENANCE_KEY", "trial_provenance", "with_provenance", "checked_provenance",
-           "provenance_lines", "library_versions"]
+__all__ = ["ENVIRONMENT", "environment", "trial_provenance", "with_provenance",
+           "checked_provenance", "provenance_lines", "library_versions", "plugin_versions"]
 
-PROVENANCE_KEY = "provenance"
+#: trial user attr: the versions and plugins of the process that trained the trial
+ENVIRONMENT = "environment"
 PROJECT_DISTRIBUTION = "automl-recipes"
 LIBRARIES = ("torch", "timm", "optuna")
 
@@ -57,6 +59,12 @@ def plugin_versions() -> dict[str, str]:
     return {name: plugin_origin(name) for name, _ in discovery_manager().list_name_plugin()}
 
 
+def environment() -> dict[str, dict[str, str]]:
+    """This process's versions and plugins: stored with each trial, so a recipe names the
+    environment that trained it, not the one that exported it."""
+    return {"versions": library_versions(), "plugins": plugin_versions()}
+
+
 def trial_provenance(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     """The provenance of ``trial``'s recipe, as plain YAML values."""
     from automl.confirm import confirmed
@@ -77,8 +85,10 @@ def trial_provenance(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         record["baseline"] = True
     if trial.datetime_complete is not None:
         record["finished"] = trial.datetime_complete.isoformat(timespec="seconds")
-    record["versions"] = library_versions()
-    record["plugins"] = plugin_versions()
+    stored = trial.user_attrs.get(ENVIRONMENT)
+    if not isinstance(stored, dict):  # a trial of an older version: this process's
+        stored = {**environment(), "recorded": "at export (the trial did not record them)"}
+    record.update(stored)
     return record
 
 

@@ -27,7 +27,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.confirm import chosen_trial, confirm
-from automl.data import DataBundle, load_data
+from automl.data import DataBundle, check_data, load_data
 from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
 from automl.failures import (
@@ -40,7 +40,7 @@ from automl.failures import (
 from automl.fidelity import FIRST_RUNG, RUNG_TRUST, TrustedRungPruner
 from automl.heartbeat import beating, sweep_stale
 from automl.interrupts import Interrupted, raise_if_interrupted
-from automl.provenance import with_provenance
+from automl.provenance import ENVIRONMENT, environment, with_provenance
 from automl.recipe import Recipe
 from automl.space import SearchSpace
 from automl.state import TrainState
@@ -204,7 +204,10 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
     reporter = tracked(reporter, settings)  # a tracker's missing package: before any write
     for device in set(devices):  # an unusable device stops the search before it starts
         resolve_device(device)
-    data = data if data is not None else load_data(space.data)  # user errors before any write
+    if data is None and len(devices) > 1:  # each worker loads it: keep no copy here
+        check_data(space.data)  # user errors (settings, missing files) before any write
+    elif data is None:
+        data = load_data(space.data)  # user errors before any write
     study = create_study(space, settings)
     todo = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     reporter.search_start(study, settings, todo)
@@ -379,6 +382,7 @@ def _train(trial: optuna.Trial, study: optuna.Study, space: SearchSpace,
     A trial that ended before its last epoch says why in the ``ended_early`` user attr."""
     recipe = space.sample(trial)
     trial.set_user_attr("recipe", recipe.to_dict())
+    trial.set_user_attr(ENVIRONMENT, environment())  # the versions a recipe's provenance names
     reporter.trial_start(trial, recipe)
     same = duplicate_of(study, trial)
     if same is not None:

@@ -22,6 +22,7 @@ from optuna.distributions import (
     distribution_to_json,
 )
 
+from automl.data.settings import DATA_ACCESS_KEYS, DATA_KEYS
 from automl.errors import ConfigError
 from automl.provenance import checked_provenance
 from automl.technique import NOT_APPLICABLE, Technique, When, conditional_name, contains
@@ -36,12 +37,6 @@ __all__ = ["SearchSpace", "TechniqueSpace", "load_space", "parse_space", "sugges
            "DEFAULT_STUDY", "DATA_KEYS"]
 
 TOP_KEYS = ("model", "data", "epochs", "seed", "techniques", "study", "provenance")
-#: ``include_val`` is deliberately not one: training on the validation split is for a final
-#: model only (``automl train --include-val``); a search that names it is refused.
-DATA_KEYS = ("dataset", "batch_size", "data_dir", "download", "val_fraction", "split_seed",
-             "train_fraction", "image_size", "path", "workers", "in_memory")
-#: Data keys that say where the files are and how they are read, not what is trained on.
-DATA_ACCESS_KEYS = ("data_dir", "download", "workers", "in_memory")
 SEED_RANGE = (0, 2**63 - 1)  # what torch.manual_seed takes
 SAMPLER_SEED_RANGE = (0, 2**32 - 1)  # what numpy's RandomState (Optuna's samplers) takes
 DEFAULT_STUDY: dict[str, Any] = {
@@ -337,43 +332,17 @@ def _check_model(p: _Parser, model: str) -> None:
 
 
 def _parse_data(p: _Parser, data: Any) -> dict[str, Any]:
-    from automl.data import available_datasets
+    """The ``data:`` mapping, checked by :mod:`automl.data.settings` (the one place data
+    settings are checked, for spaces and for loading alike), located in the file."""
+    from automl.data import settings
 
     p.expect(isinstance(data, dict), ("data",), "expected a mapping with a 'dataset' key")
-    p.known_keys(data, ("data",), DATA_KEYS)
-    data = {"dataset": "digits", "batch_size": 64, **data}
-    names = available_datasets()
-    p.expect(data["dataset"] in names, ("data", "dataset"),
-             f"unknown dataset {data['dataset']!r}; valid: {', '.join(names)}")
-    bs = data["batch_size"]
-    p.expect(_is_int(bs) and bs >= 1, ("data", "batch_size"),
-             f"expected an integer >= 1, got {bs!r}")
-    if "val_fraction" in data:
-        vf = data["val_fraction"]
-        p.expect(isinstance(vf, (int, float)) and 0 < vf < 1, ("data", "val_fraction"),
-                 f"expected a number in (0, 1), got {vf!r}")
-    if "train_fraction" in data:
-        tf = data["train_fraction"]
-        p.expect(isinstance(tf, (int, float)) and not isinstance(tf, bool) and 0 < tf <= 1,
-                 ("data", "train_fraction"), f"expected a number in (0, 1], got {tf!r}")
-    if "split_seed" in data:
-        _expect_seed(p, ("data", "split_seed"), data["split_seed"], SEED_RANGE)
-    for key, least in (("image_size", 1), ("workers", 0)):
-        if key in data:
-            p.expect(_is_int(data[key]) and data[key] >= least, ("data", key),
-                     f"expected an integer >= {least}, got {data[key]!r}")
-    if "in_memory" in data:
-        in_memory = data["in_memory"]
-        p.expect(isinstance(in_memory, bool) or in_memory == "auto", ("data", "in_memory"),
-                 f"expected true, false or auto, got {in_memory!r}")
-    if "download" in data:
-        p.expect(isinstance(data["download"], bool), ("data", "download"), "expected true or false")
-    for key in ("data_dir", "path"):
-        if key in data:
-            p.expect(isinstance(data[key], str), ("data", key), "expected a path")
-    if data["dataset"] == "folder":
-        p.expect("path" in data, ("data",), "dataset 'folder' needs 'path: DIR'")
-    return data
+    p.known_keys(data, ("data",), settings.data_keys())
+    try:
+        return settings.for_space(data)
+    except ConfigError as exc:
+        p.fail(tuple((exc.key or "data").split(".")), exc.message)
+        raise  # not reached: fail() raises
 
 
 def _parse_study(p: _Parser, study: Any) -> dict[str, Any]:

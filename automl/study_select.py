@@ -64,7 +64,7 @@ def select_study(study_name: str | None, out: Path | None, storage: str | None) 
     """
     if study_name is not None:
         check_study_name(study_name)
-        run_dir = out or RUNS / study_name
+        run_dir = out or (RUNS / study_name if storage else _run_dir_of(study_name))
         study = open_study(study_name, run_dir, storage)
         _say(study.study_name, storage_text(run_dir, storage), "")
         return study
@@ -80,6 +80,17 @@ def select_study(study_name: str | None, out: Path | None, storage: str | None) 
     study = open_study(chosen.name, chosen.run_dir, chosen.storage)
     _say(chosen.name, storage_text(chosen.run_dir, chosen.storage), note)
     return study
+
+
+def _run_dir_of(study_name: str) -> Path:
+    """``runs/NAME``, or else the one run folder under ``runs/`` holding a study of that name
+    (a search run with ``--out runs/OTHER``)."""
+    default = RUNS / study_name
+    if (default / JOURNAL).exists() or not RUNS.is_dir():
+        return default
+    found = [journal.parent for journal in sorted(RUNS.glob(f"*/{JOURNAL}"))
+             if study_name in optuna.get_all_study_names(_open_existing(journal.parent, None))]
+    return found[0] if len(found) == 1 else default
 
 
 def _say(name: str, where: str, note: str) -> None:

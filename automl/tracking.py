@@ -115,18 +115,25 @@ def tracked(reporter: Reporter, settings: SearchSettings) -> Reporter:
 
 
 class Tracking:
-    """A reporter that tells the user's reporter first, then each tracker; a tracker's
-    error is a warning (once per tracker and kind of error), so tracking never fails a
-    trial."""
+    """A reporter that tells the user's reporter first, then each tracker.
+
+    A tracker that cannot open its store when the search starts stops it (exit 2, nothing
+    trained); one that fails later is switched off with one warning, so tracking never fails
+    a trial nor slows the search down with retries to a server that is gone.
+    """
 
     def __init__(self, reporter: Reporter, trackers: list):
         self.reporter, self.trackers = reporter, trackers
-        self._warned: set[tuple[str, str]] = set()
         atexit.register(self.close)
 
     def search_start(self, study, settings, todo) -> None:
+        for tracker in self.trackers:
+            try:
+                tracker.search_start(study)
+            except Exception as exc:
+                raise UserError(f"--log {tracker.target}: cannot record into "
+                                f"{tracker.where()}: {exception_line(exc)}") from None
         self.reporter.search_start(study, settings, todo)
-        self._each("search_start", study)
 
     def trial_start(self, trial, recipe) -> None:
         self.reporter.trial_start(trial, recipe)
@@ -148,15 +155,13 @@ class Tracking:
         self._each("close")
 
     def _each(self, event: str, *args) -> None:
-        for tracker in self.trackers:
+        for tracker in list(self.trackers):
             try:
                 getattr(tracker, event)(*args)
             except Exception as exc:  # tracking is a record, never a reason to stop
-                key = (tracker.target, type(exc).__name__)
-                if key not in self._warned:
-                    self._warned.add(key)
-                    _log.warning("--log %s could not record (%s): %s", tracker.target, event,
-                                 exception_line(exc))
+                self.trackers.remove(tracker)
+                _log.warning("--log %s stopped recording (%s failed: %s); the search goes on",
+                             tracker.target, event, exception_line(exc))
 
 
 class TensorBoardTracker:
@@ -172,7 +177,11 @@ class TensorBoardTracker:
         self.root = Path(settings.run_dir) / TENSORBOARD_DIR
         self.open: dict[int, tuple[Any, dict[str, Any]]] = {}  # number -> (writer, params)
 
-    def search_start(self, study) -> None: ...
+    def where(self) -> str:
+        return str(self.root)
+
+    def search_start(self, study) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
 
     def trial_start(self, trial, recipe) -> None:
         writer = self._writer_class(log_dir=str(self.root / run_name(trial.number)))
@@ -237,6 +246,11 @@ class MlflowTracker:
         self.experiment_id: str | None = None
         self.open: dict[int, str] = {}  # trial number -> run id
 
+    def where(self) -> str:
+        from automl.storage import shown_storage
+
+        return shown_storage(self.tracking_uri())  # a password in the URI is masked
+
     def tracking_uri(self) -> str:
         """``MLFLOW_TRACKING_URI``, else a SQLite file in the run folder."""
         return os.environ.get("MLFLOW_TRACKING_URI") or \
@@ -256,7 +270,8 @@ class MlflowTracker:
             if "MLFLOW_TRACKING_URI" not in os.environ:
                 Path(self.settings.run_dir).mkdir(parents=True, exist_ok=True)
                 artifacts = (Path(self.settings.run_dir) / "mlflow-artifacts").resolve().as_uri()
-            self.client = MlflowClient(tracking_uri=uri)
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating
+            self.client = MlflowClient(tracking_uri=uri)  # initial tables": not the user's news
             name = self.settings.study_name
             found = self.client.get_experiment_by_name(name)
             if found is None:

@@ -244,7 +244,8 @@ def test_export_unknown_trial_and_missing_run_dir(searched, tmp_path):
     result = invoke("export", "--out", str(root / "RUN"), "--study-name", "tiny", "--trial", "9")
     assert result.exit_code == 2
     study_line, error = result.stderr.splitlines()  # the study it read, then the error
-    assert study_line.startswith("study 'tiny' in ") and error.startswith("Error: ") and "9" in error
+    assert study_line.startswith("study 'tiny' in ")
+    assert error.startswith("Error: ") and "9" in error
     result = invoke("show", "--out", str(tmp_path / "nothing-here"), "--study-name", "tiny")
     assert result.exit_code == 2
     assert error_line(result).startswith("Error: ")

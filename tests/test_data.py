@@ -1,4 +1,8 @@
-"""Tests of automl.data on real (embedded or tiny hand-written) data; nothing is downloaded."""
+"""Tests of automl.data on real (embedded or tiny hand-written) data; nothing is downloaded.
+
+Datasets a plugin registers are tested here in-process (registered on the process's discovery
+manager for one test), and through an installed plugin in tests/test_dataset_plugin.py.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +19,18 @@ from PIL import Image
 
 from automl import data
 from automl.data import (
-    DATASETS,
     DataBundle,
     Split,
     available_datasets,
+    check_data,
+    download,
     load_data,
-    register_dataset,
     stratified_split,
 )
+from automl.discovery import dataset_catalog, discovery_manager, technique_catalog
 from automl.errors import UserError
+from automl.hookspecs import hookimpl
+from automl.space import load_space
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -151,25 +158,105 @@ def test_available_datasets_sorted():
     assert {"digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "folder"} <= set(names)
 
 
-def test_register_dataset_plugin(monkeypatch):
-    monkeypatch.setattr(data, "DATASETS", dict(DATASETS))
-    monkeypatch.setattr(data, "_CACHE_KEYS", dict(data._CACHE_KEYS))
-    calls = []
+class ToyDatasets:
+    """A plugin with two datasets: ``toy`` (20 images, 2 classes; loads counted) and
+    ``toy_noisy``, which reads a key of its own and requires it."""
 
-    @register_dataset("toy")
-    def _toy(config):
-        calls.append(config["dataset"])
+    def __init__(self):
+        self.loads, self.located = [], []
+
+    def load(self, settings):
+        self.loads.append((settings["dataset"], settings.get("noise")))
         images = torch.arange(20 * 3 * 4 * 4, dtype=torch.int64).remainder(256)
         full = Split(images.to(torch.uint8).reshape(20, 3, 4, 4), torch.arange(20) % 2)
         return full, full, ["even", "odd"]
 
+    def locate(self, settings):
+        self.located.append(settings["dataset"])
+
+    @hookimpl
+    def register_datasets(self, register):
+        register("toy", self.load, reads=(), locate=self.locate)
+        register("toy_noisy", self.load, reads=("noise",), requires=("noise",))
+
+
+@pytest.fixture
+def add_plugin():
+    """``add_plugin(obj, name)`` registers a discovery plugin in this process for one test."""
+    pm, added = discovery_manager(), []
+
+    def add(plugin, name):
+        pm.register(plugin, name=name)
+        added.append(name)
+        dataset_catalog.cache_clear()
+
+    yield add
+    for name in added:
+        pm.unregister(name=name)
+    dataset_catalog.cache_clear()
+
+
+def test_a_plugin_dataset_loads_by_name_once_per_source(add_plugin):
+    toy = ToyDatasets()
+    add_plugin(toy, "toy_plugin")
+    assert {"toy", "toy_noisy", "digits"} <= set(available_datasets())
     bundle = load_data({"dataset": "toy", "split_seed": 1})
-    load_data({"dataset": "toy", "split_seed": 2})  # new val cut, same loaded source
-    assert calls == ["toy"]
+    load_data({"dataset": "toy", "split_seed": 2, "batch_size": 8})  # new val cut, same source
+    assert toy.loads == [("toy", None)]
     assert (bundle.num_classes, bundle.in_chans, bundle.image_size) == (2, 3, 4)
     assert len(bundle.mean) == len(bundle.std) == 3
-    with pytest.raises(ValueError):
-        register_dataset("toy")(_toy)
+    load_data({"dataset": "toy_noisy", "noise": 1})
+    load_data({"dataset": "toy_noisy", "noise": 1, "split_seed": 3})
+    load_data({"dataset": "toy_noisy", "noise": 2})  # a key it reads: loaded again
+    assert toy.loads[1:] == [("toy_noisy", 1), ("toy_noisy", 2)]
+
+
+def test_check_data_locates_the_files_without_loading(add_plugin, tmp_path):
+    toy = ToyDatasets()
+    add_plugin(toy, "toy_plugin")
+    check_data({"dataset": "toy"})
+    assert toy.located == ["toy"] and toy.loads == []
+    check_data({"dataset": "toy_noisy", "noise": 0})  # nothing to locate
+    with pytest.raises(UserError, match="data.val_fraction: expected a number in"):
+        check_data({"dataset": "toy", "val_fraction": 2})
+    with pytest.raises(UserError, match="IDX files .* not found"):
+        check_data({"dataset": "mnist", "data_dir": str(tmp_path)})
+    with pytest.raises(UserError, match="not a directory"):
+        check_data({"dataset": "folder", "path": str(tmp_path / "nope")})
+
+
+def test_a_plugin_dataset_key_is_valid_in_a_space_and_required_where_declared(add_plugin,
+                                                                              tmp_path):
+    add_plugin(ToyDatasets(), "toy_plugin")
+    space = tmp_path / "s.yaml"
+    space.write_text("data: {dataset: toy_noisy, noise: 3}\ntechniques: {}\n")
+    assert load_space(space, technique_catalog()).data == {"dataset": "toy_noisy",
+                                                           "batch_size": 64, "noise": 3}
+    space.write_text("data: {dataset: toy_noisy}\ntechniques: {}\n")
+    with pytest.raises(UserError) as info:
+        load_space(space, technique_catalog())
+    assert str(info.value) == f"{space}:1: data.noise: required for dataset 'toy_noisy'"
+    with pytest.raises(UserError, match="data.noise: required for dataset 'toy_noisy'"):
+        load_data({"dataset": "toy_noisy"})
+
+
+def test_a_dataset_registered_twice_names_both_plugins(add_plugin):
+    add_plugin(ToyDatasets(), "first")
+    add_plugin(ToyDatasets(), "second")
+    with pytest.raises(UserError, match="dataset 'toy' is registered twice: by plugin 'first' "
+                                        "and by plugin 'second'"):
+        dataset_catalog()
+
+
+def test_a_bad_dataset_registration_names_the_plugin(add_plugin):
+    class Bad:
+        @hookimpl
+        def register_datasets(self, register):
+            register("Bad Name", print)
+
+    add_plugin(Bad(), "bad")
+    with pytest.raises(UserError, match="plugin 'bad' registered dataset 'Bad Name'"):
+        dataset_catalog()
 
 
 def test_split_validates_layout():
@@ -254,7 +341,7 @@ def test_mnist_download_flow_reads_own_files(tmp_path, monkeypatch):
         fetched.append(class_name)
         _tiny_idx_set(data_dir / class_name / "raw", gz=True)
 
-    monkeypatch.setattr(data, "_torchvision_download", fake_download)
+    monkeypatch.setattr(download, "torchvision_download", fake_download)
     bundle = load_data({"dataset": "mnist", "data_dir": str(tmp_path), "download": True})
     assert fetched == ["MNIST"] and len(bundle.test) == 10
 
@@ -337,7 +424,8 @@ def test_a_cifar_file_that_would_run_code_is_refused_without_running_it(tmp_path
     marker = tmp_path / "ran"
     _dump(tmp_path / "cifar-10-batches-py" / "data_batch_3", {b"labels": [0], b"data":
                                                               _Payload(marker)})
-    with pytest.raises(UserError, match=r"data_batch_3: refused to load posix.system"):
+    with pytest.raises(UserError, match=r"data_batch_3: UnpicklingError: refused to load "
+                                        r"posix.system"):
         load_data({"dataset": "cifar10", "data_dir": str(tmp_path)})
     assert not marker.exists()
 
@@ -461,20 +549,17 @@ def test_train_fraction_keeps_one_image_per_class_and_stats_come_from_the_part()
 
 @pytest.mark.parametrize("value", [0, -0.5, 1.5, "0.5", True, None])
 def test_bad_train_fraction_is_one_line_naming_the_key(value, tmp_path):
-    from automl.discovery import technique_catalog
-    from automl.space import load_space
-
     with pytest.raises(UserError) as info:
         load_data({"dataset": "digits", "train_fraction": value})
-    assert str(info.value) == f"data.train_fraction: must be a number in (0, 1], got {value!r}"
+    message = f"data.train_fraction: expected a number in (0, 1], got {value!r}"
+    assert str(info.value) == message  # the same words as in a space file, checked in one place
     space = tmp_path / "s.yaml"
     text = "null" if value is None else repr(value) if isinstance(value, str) else str(value)
     space.write_text(f"model: automl_resnet8\ndata: {{dataset: digits, train_fraction: {text}}}\n"
                      "epochs: 1\ntechniques: {}\n")
     with pytest.raises(UserError) as info:
         load_space(space, technique_catalog())
-    message = str(info.value)
-    assert "\n" not in message and "data.train_fraction: expected a number in (0, 1]" in message
+    assert str(info.value) == f"{space}:2: {message}"
 
 
 def test_with_validation_in_train_joins_val_into_train():

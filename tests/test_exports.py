@@ -415,6 +415,9 @@ def test_best_recipe_and_export_record_their_provenance(searched, tmp_path):
     assert best["finished"] == trial.datetime_complete.isoformat(timespec="seconds")
     assert set(best["versions"]) == {"automl-recipes", "python", "torch", "timm", "optuna"}
     assert best["plugins"]["builtins"].startswith("automl-recipes")
+    # the versions are those of the process that trained the trial, stored with it
+    assert trial.user_attrs["environment"] == {"versions": best["versions"],
+                                               "plugins": best["plugins"]}
 
     result = CliRunner().invoke(cli, ["export", "--out", str(root / "RUN"), "--study-name",
                                       "prov", "-o", str(tmp_path / "r.yaml")])

@@ -12,6 +12,7 @@ from PIL import Image
 
 from automl import data as data_module
 from automl.data import ImageFiles, load_data
+from automl.data import folder as folder_dataset
 from automl.discovery import training_manager
 from automl.errors import ConfigError
 from automl.recipe import Recipe
@@ -100,7 +101,7 @@ def test_in_memory_false_keeps_files_that_index_like_the_tensor(digit_folder):
 def test_auto_keeps_a_folder_on_disk_only_beyond_the_memory_limit(digit_folder, monkeypatch):
     assert not isinstance(load_data(_config(digit_folder)).train.images, ImageFiles)
     data_module.clear_cache()
-    monkeypatch.setattr(data_module, "IN_MEMORY_LIMIT", 1000)
+    monkeypatch.setattr(folder_dataset, "IN_MEMORY_LIMIT", 1000)
     assert isinstance(load_data(_config(digit_folder)).train.images, ImageFiles)
 
 

@@ -375,3 +375,19 @@ def test_a_trial_that_ended_early_says_why_on_its_line_and_in_the_tables(tmp_pat
     assert f"ended early: {stopped}" in trial_details(study, 0)
     assert summary_lines(study)[0] == ("study 'early': 2 trials: 1 finished, 1 pruned, 0 failed "
                                        "(1 of the finished ended early)")
+
+
+def test_a_name_finds_its_study_in_another_run_folder_under_runs(two_studies, tmp_path,
+                                                                 monkeypatch):
+    """`automl search first.yaml --out runs/exp1`, then `automl show --study-name first`."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "exp1").symlink_to(two_studies / "runs" / "first")
+    (tmp_path / "runs" / "second").symlink_to(two_studies / "runs" / "second")
+    monkeypatch.chdir(tmp_path)
+    result = invoke("export", "--study-name", "first")
+    assert result.exit_code == 0, result.output
+    assert STUDY_LINE.search(result.stderr).groups() == ("first",
+                                                         str(Path("runs/exp1/study.journal")))
+    assert batch_size(result.stdout) == 64
+    missing = invoke("show", "--study-name", "nope")
+    assert missing.exit_code == 2 and "runs/nope/study.journal" in error_line(missing)

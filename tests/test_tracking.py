@@ -15,6 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
@@ -26,6 +27,7 @@ from automl.hookspecs import hookimpl
 from automl.report import SilentReporter
 from automl.search import SearchSettings, run_search
 from automl.space import load_space
+from automl.storage import open_storage
 from automl.tracking import parse_targets
 
 SPACE = """\
@@ -230,6 +232,24 @@ def test_an_interrupted_trial_ends_its_runs_as_failed(tmp_path):
         "the search stopped while it ran"
 
 
+def test_a_store_that_cannot_be_opened_stops_the_search_before_any_trial(tmp_path,
+                                                                          monkeypatch):
+    _need("mlflow")
+    (tmp_path / "a-file").write_text("")
+    store = f"sqlite:///{tmp_path / 'a-file' / 'mlflow.db'}"  # a folder that cannot exist
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    space = tmp_path / "tiny.yaml"
+    space.write_text(SPACE)
+    result = CliRunner().invoke(cli, ["search", str(space), "--log", "mlflow", "--out",
+                                      str(tmp_path / "run"), "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: --log mlflow: cannot record into {store}: ")
+    assert len(result.output.strip().splitlines()) == 1
+    study = optuna.load_study(study_name="tiny",
+                              storage=open_storage(None, tmp_path / "run"))
+    assert {t.state for t in study.trials} == {TrialState.WAITING}
+
+
 def test_log_targets_are_named_once_each():
     assert parse_targets(("tensorboard,mlflow", "mlflow")) == ("tensorboard", "mlflow")
     assert parse_targets(()) == ()
@@ -270,10 +290,6 @@ def _get_json(port: int, path: str):
 def test_dashboard_serves_the_studys_journal(tmp_path):
     """`automl dashboard` in its own process: optuna-dashboard lists the study over HTTP."""
     _need("optuna_dashboard")
-    import optuna
-
-    from automl.storage import open_storage
-
     run_dir = tmp_path / "runs" / "tiny"
     run_dir.mkdir(parents=True)
     study = optuna.create_study(study_name="tiny", storage=open_storage(None, run_dir))

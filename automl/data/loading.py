@@ -1,0 +1,116 @@
+"""Loading a dataset by its ``data:`` settings: once per process, then cut into splits.
+
+A dataset that fits is held fully in memory as ``uint8`` (N, C, H, W), so a search process
+loads it once and each trial only indexes and normalizes batches (on the GPU when there is one).
+The validation split is a seeded stratified cut from the official training set; the official
+test split is never touched by a search. ``train_fraction`` trains on a seeded stratified part
+of what is left after that cut (the validation split does not depend on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from automl.data import settings as data_settings
+from automl.data.dataset import Dataset
+from automl.data.splits import DataBundle, Split, stratified_split, subset
+from automl.data.stats import channel_stats, stats_sample
+from automl.errors import UserError
+
+__all__ = ["available_datasets", "check_data", "clear_cache", "load_data"]
+
+_SOURCES: dict[tuple, tuple[Split, Split, list[str]]] = {}  # loaded, by source key
+_BUNDLES: dict[tuple, DataBundle] = {}  # by source key and split settings
+
+
+def available_datasets() -> list[str]:
+    """Sorted registered names, for help texts and error messages."""
+    from automl.discovery import dataset_catalog
+
+    return sorted(dataset_catalog())
+
+
+def clear_cache() -> None:
+    """Forget loaded datasets (tests, or a long-lived process that wants memory back)."""
+    _SOURCES.clear()
+    _BUNDLES.clear()
+
+
+def check_data(config: Mapping[str, Any]) -> None:
+    """Everything :func:`load_data` would refuse before reading the images: the settings, and
+    the files (found, or downloaded when allowed). For a process that only hands the data
+    settings on (the parent of ``--jobs`` workers), so it holds no copy of the images."""
+    cfg = data_settings.for_loading(config)
+    dataset = _dataset(cfg["dataset"])
+    if dataset.locate is not None:
+        dataset.locate(cfg)
+
+
+def load_data(config: Mapping[str, Any]) -> DataBundle:
+    """Load (once per process) the dataset described by the ``data:`` config mapping."""
+    cfg = data_settings.for_loading(config)
+    dataset = _dataset(cfg["dataset"])
+    source_key = _source_key(cfg, dataset.reads)
+    bundle_key = (source_key, cfg["val_fraction"], cfg["split_seed"], cfg["train_fraction"])
+    if bundle_key not in _BUNDLES:
+        if source_key not in _SOURCES:
+            _SOURCES[source_key] = dataset.load(cfg)
+        train_full, test, names = _SOURCES[source_key]
+        _BUNDLES[bundle_key] = _build_bundle(
+            cfg["dataset"], train_full, test, names, cfg["val_fraction"], cfg["split_seed"],
+            cfg["train_fraction"])
+    return _BUNDLES[bundle_key]
+
+
+def _dataset(name: str) -> Dataset:
+    from automl.discovery import dataset_catalog
+
+    return dataset_catalog()[name]  # for_loading has checked the name
+
+
+def _source_key(cfg: Mapping[str, Any], reads: tuple[str, ...] | None) -> tuple:
+    """Cache key of the loaded (unsplit) data: the dataset plus the config keys it reads."""
+    if reads is None:
+        reads = tuple(sorted(k for k in cfg if k not in (*data_settings.SPLIT_KEYS, "dataset",
+                                                         "batch_size")))
+    return (cfg["dataset"], *((k, repr(cfg.get(k))) for k in reads))
+
+
+def _build_bundle(name: str, train_full: Split, test: Split, class_names: list[str],
+                  val_fraction: float, split_seed: int, train_fraction: float = 1.0
+                  ) -> DataBundle:
+    """Cut val from the full training set, keep ``train_fraction`` of the rest (stratified,
+    seeded, at least one image per class) and compute normalization stats on that part only."""
+    _check_consistent(name, train_full, test, class_names)
+    keep, cut = stratified_split(train_full.labels, val_fraction, split_seed)
+    train, val = subset(train_full, keep), subset(train_full, cut)
+    if len(val) == 0 or len(test) == 0:
+        raise UserError(f"dataset {name}: too few images to cut validation and test sets "
+                        f"({len(train_full)} training, {len(test)} test); add images per class")
+    if train_fraction < 1.0:
+        # Dropping 1 - fraction keeps the kept side non-empty for every class.
+        train = subset(train, stratified_split(train.labels, 1.0 - train_fraction,
+                                                split_seed)[0])
+    mean, std = channel_stats(stats_sample(train))
+    return DataBundle(name=name, train=train, val=val, test=test,
+                      num_classes=len(class_names), in_chans=train.images.shape[1],
+                      image_size=train.images.shape[-1], mean=mean, std=std,
+                      class_names=list(class_names))
+
+
+def _check_consistent(name: str, train: Split, test: Split, class_names: list[str]) -> None:
+    """Catch loader bugs and corrupt label files before they surface as odd training errors."""
+    if len(train) < 2:
+        raise UserError(f"dataset {name}: the training set has {len(train)} images, need >= 2")
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise ValueError(f"dataset {name}: train images {tuple(train.images.shape[1:])} and "
+                         f"test images {tuple(test.images.shape[1:])} differ in shape")
+    if train.images.shape[-1] != train.images.shape[-2]:
+        raise ValueError(f"dataset {name}: images must be square, got "
+                         f"{tuple(train.images.shape[-2:])}")
+    for part, split in (("train", train), ("test", test)):
+        if len(split) and (split.labels.min() < 0 or split.labels.max() >= len(class_names)):
+            raise UserError(f"dataset {name}: {part} labels outside 0..{len(class_names) - 1} "
+                            f"(corrupt label file?)")
+
