@@ -362,9 +362,10 @@ def dashboard(study_name, out, storage, host, port):
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier run in --out (default: refuse, before training).")
 @_compile_option
+@_log_option
 @_data_options
-def train(recipe, out, device, seed, train_fraction, include_val, overwrite, compile, data_dir,
-          download):
+def train(recipe, out, device, seed, train_fraction, include_val, overwrite, compile, log,
+          data_dir, download):
     """Retrain RECIPE, evaluate the test split once, save the model, metrics and recipe.
 
     OUT/model.pt keeps the model with everything needed to use it (automl predict, automl
@@ -372,14 +373,17 @@ def train(recipe, out, device, seed, train_fraction, include_val, overwrite, com
     confusion matrix of the test and val splits. A folder holding an earlier run is refused.
     """
     from automl.discovery import technique_catalog
+    from automl.errors import exception_line
     from automl.recipe import load_recipe
     from automl.replay import replay
     from automl.report import show_warnings
+    from automl.tracking import parse_targets, track_training
 
     show_warnings()
     parsed = load_recipe(recipe, technique_catalog())
     _apply_data_options(parsed.data, data_dir, download)
     out = out or Path("runs") / f"train-{recipe.stem}"
+    tracking = track_training(parse_targets(log), out, parsed)
     searched_fraction = parsed.data.get("train_fraction", 1)
     if train_fraction is None and searched_fraction < 1:
         click.echo(f"training on all of the training split (the search used train_fraction "
@@ -389,10 +393,20 @@ def train(recipe, out, device, seed, train_fraction, include_val, overwrite, com
     def progress(epoch, epochs, metrics):
         click.echo(f"epoch {epoch:>3}/{epochs}  train/loss {metrics['train/loss']:.4f}  "
                    f"val/acc1 {metrics['val/acc1']:.4f}{held_out}")
+        if tracking:
+            tracking.epoch(epoch, metrics)
 
-    metrics = replay(parsed, out, device=device, progress=progress, compile=compile, seed=seed,
-                     train_fraction=1.0 if train_fraction is None else train_fraction,
-                     include_val=include_val, overwrite=overwrite)
+    try:
+        metrics = replay(parsed, out, device=device, progress=progress, compile=compile,
+                         seed=seed,
+                         train_fraction=1.0 if train_fraction is None else train_fraction,
+                         include_val=include_val, overwrite=overwrite)
+    except BaseException as exc:
+        if tracking:
+            tracking.end("failed", reason=exception_line(exc))
+        raise
+    if tracking:
+        tracking.end("complete", metrics)
     click.echo(f"test/acc1 {metrics['test/acc1']:.4f}  test/balanced_acc "
                f"{metrics['test/balanced_acc']:.4f}  test/loss {metrics['test/loss']:.4f}")
     click.echo(_test_class_table(out))

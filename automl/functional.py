@@ -14,12 +14,17 @@ if TYPE_CHECKING:
 
 
 def soft_targets(targets: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Class indices as one-hot float rows; soft rows pass through unchanged."""
-    import torch.nn.functional as F
+    """Class indices as one-hot float rows; soft rows pass through unchanged.
+
+    A scatter into rows of a fixed width rather than ``F.one_hot``, which reads the indices'
+    range back to the host on every call (on a CPU; the training loop's sync test sees it).
+    """
+    import torch
 
     if targets.dim() == 2:
         return targets
-    return F.one_hot(targets, num_classes).float()
+    rows = torch.zeros(len(targets), num_classes, device=targets.device)
+    return rows.scatter_(1, targets[:, None], 1.0)
 
 
 def sample_beta(alpha: float, n: int, generator: torch.Generator) -> torch.Tensor:

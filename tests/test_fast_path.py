@@ -1,5 +1,5 @@
-"""The fast path: no host sync per batch, torch.compile, and folders too large for memory
-(decoded by DataLoader workers, trained exactly like in memory)."""
+"""The fast path: torch.compile, and folders too large for memory (decoded by DataLoader
+workers, trained exactly like in memory). No host sync per batch: tests/test_host_sync.py."""
 
 from __future__ import annotations
 
@@ -16,39 +16,12 @@ from automl.data import folder as folder_dataset
 from automl.discovery import training_manager
 from automl.errors import ConfigError
 from automl.recipe import Recipe
-from automl.trainer import fit, prepare, train
-
-BATCHED = {"optimizer": {}, "lr_schedule": {}, "flip": {}, "random_crop": {},
-           "random_erasing": {}, "mixup": {}, "cutmix": {}, "label_smoothing": {},
-           "grad_clip": {}, "ema": {}, "weight_decay": {}}
+from automl.trainer import prepare, train
 
 
 def _recipe(techniques: dict, **data) -> Recipe:
     return Recipe(model="automl_resnet8", data={"dataset": "digits", "batch_size": 32, **data},
                   epochs=1, seed=0, techniques={k: dict(v) for k, v in techniques.items()})
-
-
-@pytest.mark.parametrize("method", ["item", "tolist", "__bool__", "__float__", "cpu"])
-def test_the_training_loop_never_waits_for_the_device_per_batch(data, monkeypatch, method):
-    """Host syncs counted over 2 and over 8 steps of one epoch: the same count, so none of
-    them is per batch (the per-epoch loss and validation syncs are all there is)."""
-    counts = []
-    for steps in (2, 8):
-        recipe = _recipe(BATCHED)
-        pm = training_manager(recipe)
-        state = prepare(recipe, data, pm, torch.device("cpu"))
-        calls = []
-        original = getattr(torch.Tensor, method)
-
-        def counting(self, *args, _original=original, _calls=calls, **kwargs):
-            _calls.append(1)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, method, counting)
-        fit(state, pm, max_steps=steps)
-        monkeypatch.undo()
-        counts.append(len(calls))
-    assert counts[0] == counts[1]
 
 
 def test_compile_trains_through_a_compiled_wrapper_of_the_same_model(data):

@@ -229,7 +229,7 @@ def test_an_interrupted_trial_ends_its_runs_as_failed(tmp_path):
     _, runs = _mlflow_runs(run_dir / "mlflow.db", "stop")
     assert runs["trial-00000"].info.status == "FAILED"
     assert runs["trial-00000"].data.tags["optuna.fail_reason"] == \
-        "the search stopped while it ran"
+        "stopped while it ran"
 
 
 def test_a_store_that_cannot_be_opened_stops_the_search_before_any_trial(tmp_path,
@@ -248,6 +248,31 @@ def test_a_store_that_cannot_be_opened_stops_the_search_before_any_trial(tmp_pat
     study = optuna.load_study(study_name="tiny",
                               storage=open_storage(None, tmp_path / "run"))
     assert {t.state for t in study.trials} == {TrialState.WAITING}
+
+
+def test_train_log_records_the_training_as_one_run(tracked_search, tmp_path, monkeypatch):
+    """`automl train --log`: every epoch, the test scores and the values, in the experiment
+    of the study the recipe came from."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    out = tmp_path / "T"
+    result = CliRunner().invoke(cli, ["train", str(tracked_search[1] / "best_recipe.yaml"),
+                                      "--out", str(out), "--device", "cpu",
+                                      "--log", "tensorboard,mlflow"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "metrics.json").read_text())
+    client, runs = _mlflow_runs(out / "mlflow.db", "tiny")
+    assert list(runs) == ["T"] and runs["T"].info.status == "FINISHED"
+    run_id = runs["T"].info.run_id
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val/acc1")] == \
+        [(h["epoch"], h["val/acc1"]) for h in record["history"]]
+    assert runs["T"].data.metrics["test/acc1"] == record["metrics"]["test/acc1"]
+    assert runs["T"].data.params["model"] == "automl_resnet8"
+    events = EventAccumulator(str(out / "tensorboard" / "T"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("val/acc1")] == \
+        pytest.approx([h["val/acc1"] for h in record["history"]], rel=1e-6)
 
 
 def test_log_targets_are_named_once_each():

@@ -37,7 +37,7 @@ __all__ = [
 _HOMES = {
     "DataBundle": "splits", "Split": "splits", "stratified_split": "splits",
     "ImageFiles": "image_files", "IMAGE_SUFFIXES": "image_files",
-    "available_datasets": "loading", "check_data": "loading", "clear_cache": "loading",
+    "available_datasets": "dataset", "check_data": "loading", "clear_cache": "loading",
     "load_data": "loading",
     "stats_sample": "stats",
     "with_fewer_samples": "variants", "with_validation_in_train": "variants",

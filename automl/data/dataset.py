@@ -17,7 +17,7 @@ from automl.errors import UserError
 if TYPE_CHECKING:
     from automl.data.splits import Split
 
-__all__ = ["Dataset", "Loader", "Locator"]
+__all__ = ["Dataset", "Loader", "Locator", "available_datasets"]
 
 #: ``load(settings) -> (train_full, test, class_names)``: the official training set (validation
 #: is cut from it by the core), the test set, and the class names in label order.
@@ -58,3 +58,10 @@ class Dataset:
                             "it does not list in reads")
         return cls(name, load, None if reads is None else tuple(reads), tuple(requires),
                    locate, plugin)
+
+
+def available_datasets() -> list[str]:
+    """Sorted registered names, for help texts and error messages (imports no torch)."""
+    from automl.discovery import dataset_catalog
+
+    return sorted(dataset_catalog())

@@ -18,17 +18,10 @@ from automl.data.splits import DataBundle, Split, stratified_split, subset
 from automl.data.stats import channel_stats, stats_sample
 from automl.errors import UserError
 
-__all__ = ["available_datasets", "check_data", "clear_cache", "load_data"]
+__all__ = ["check_data", "clear_cache", "load_data"]
 
 _SOURCES: dict[tuple, tuple[Split, Split, list[str]]] = {}  # loaded, by source key
 _BUNDLES: dict[tuple, DataBundle] = {}  # by source key and split settings
-
-
-def available_datasets() -> list[str]:
-    """Sorted registered names, for help texts and error messages."""
-    from automl.discovery import dataset_catalog
-
-    return sorted(dataset_catalog())
 
 
 def clear_cache() -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from automl.data.dataset import available_datasets
 from automl.errors import ConfigError
 
 __all__ = ["DATA_KEYS", "DATA_ACCESS_KEYS", "DEFAULTS", "SPACE_DEFAULTS", "SPLIT_KEYS",
@@ -61,7 +62,8 @@ def for_loading(settings: Any) -> dict[str, Any]:
     if not isinstance(settings, Mapping):
         raise ConfigError("must be a mapping with at least a `dataset` key", key="data")
     if "dataset" not in settings:
-        raise ConfigError(f"required, one of: {', '.join(_names())}", key="data.dataset")
+        raise ConfigError(f"required, one of: {', '.join(available_datasets())}",
+                          key="data.dataset")
     cfg = checked(settings)
     for key, value in DEFAULTS.items():
         cfg.setdefault(key, value)
@@ -77,7 +79,7 @@ def checked(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Check each key present (unknown keys are the space parser's to refuse, with a hint);
     raise :class:`ConfigError` naming ``data.KEY``. Returns a copy."""
     cfg = dict(settings)
-    names = _names()
+    names = available_datasets()
     name = cfg.get("dataset")
     if not isinstance(name, str) or name not in names:
         raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(names)}",
@@ -95,10 +97,6 @@ def checked(settings: Mapping[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def _names() -> list[str]:
-    from automl.discovery import dataset_catalog
-
-    return sorted(dataset_catalog())
 
 
 def _is_int(value: Any) -> bool:
