@@ -6,7 +6,11 @@ its results on uint8 images, but one call covers a whole N×C×H×W batch (C = 1
 whatever device it is on, and all randomness comes from the ``torch.Generator`` passed in.
 
 No op reads anything back to the host: an op is computed for the whole batch and kept where a
-sample chose it, so augmentation never makes the host wait for the device. Ops come in three
+sample chose it, every shape is known before the data (no ``bincount``, ``nonzero`` or masks
+that select), and nothing is copied from the host per call (a policy's magnitude table is
+copied to the device once per image size and cached), so augmentation never makes the host
+wait for the device (tests/test_host_sync.py checks it, under CUDA's sync debug mode where
+a GPU is present). Ops come in three
 kinds, each done once per step however many samples chose it: geometric ops are one
 per-sample affine warp (one ``grid_sample``), pointwise ops are one per-sample, per-channel
 256-entry lookup table (one ``gather``), and Color and Sharpness blend the image with a

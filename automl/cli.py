@@ -12,6 +12,7 @@ import click
 from automl.discovery import ALLOW_ENV, DISABLE_ENV
 from automl.errors import UserError
 from automl.paths import check_study_name
+from automl.search_algorithms import PRUNERS, SAMPLERS
 
 SPACES_PACKAGE = "automl.search_spaces"
 
@@ -144,8 +145,8 @@ def _data_options(func):
               help="Sampler seed (default: the space's study.seed, 0).")
 @click.option("--study-name", help="Study name (default: the space file's stem).")
 @_common_run_options
-@click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes", "gp"]))
-@click.option("--pruner", type=click.Choice(["hyperband", "median", "sha", "none"]))
+@click.option("--sampler", type=click.Choice(SAMPLERS))
+@click.option("--pruner", type=click.Choice(PRUNERS))
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Trials at once, each in its own worker process (per GPU with --gpus).")
@@ -374,9 +375,9 @@ def train(recipe, out, device, seed, train_fraction, include_val, overwrite, com
     """
     from automl.discovery import technique_catalog
     from automl.errors import exception_line
-    from automl.recipe import load_recipe
     from automl.replay import replay
     from automl.report import show_warnings
+    from automl.space import load_recipe
     from automl.tracking import parse_targets, track_training
 
     show_warnings()

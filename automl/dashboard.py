@@ -30,9 +30,11 @@ def require_dashboard():
 
 def serve(study: optuna.Study, host: str, port: int) -> None:
     """Serve the dashboard for ``study``'s storage (every study in it) until Ctrl-C."""
+    from automl.optuna_adapter import storage_of
+
     run_server = require_dashboard()
     try:
-        run_server(study._storage, host=host, port=port)  # the storage the study was read from
+        run_server(storage_of(study), host=host, port=port)  # the one the study was read from
     except OSError as exc:  # the port is taken, or the host is not this machine's
         raise UserError(f"automl dashboard: cannot listen on {host}:{port} ({exc.strerror or exc})"
                         ) from None

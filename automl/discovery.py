@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ENTRY_POINT_GROUP", "ALLOW_ENV", "DISABLE_ENV", "dataset_catalog",
            "discovery_manager", "plugin_origin", "skipped_plugins", "technique_catalog",
-           "training_manager", "check_technique_hooks", "hook_names"]
+           "training_manager", "check_technique_hooks", "hook_names", "hook_order"]
 
 ENTRY_POINT_GROUP = "automl"
 ALLOW_ENV = "AUTOML_PLUGINS"  # comma-separated: only these entry points load
@@ -212,18 +212,43 @@ def hook_names(specs: type) -> list[str]:
 
 def training_manager(recipe: Recipe, catalog: dict[str, type[Technique]] | None = None,
                      extra_plugins: list[Any] = ()) -> pluggy.PluginManager:
-    """A fresh manager for one training: core defaults plus each enabled technique, configured."""
+    """A fresh manager for one training: core defaults plus each enabled technique, configured,
+    in the canonical order (:func:`_register_in_order`)."""
     from automl.defaults import CoreDefaults
 
     catalog = catalog if catalog is not None else technique_catalog()
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs.TrainingSpecs)
     pm.register(CoreDefaults(), name="core")
-    for name, params in recipe.techniques.items():
+    for name in recipe.techniques:
         if name not in catalog:
             raise UserError(f"unknown technique '{name}'; valid: {', '.join(sorted(catalog))}")
-        cls = catalog[name]
-        _register_checked(pm, cls(**params), cls)
+    _register_in_order(pm, [catalog[name](**params)
+                            for name, params in recipe.techniques.items()])
     for plugin in extra_plugins:
         pm.register(plugin)
     return pm
+
+
+def _register_in_order(pm: pluggy.PluginManager, techniques: list[Technique]) -> None:
+    """Register techniques so that every hook calls them in the canonical order, whatever
+    order a file listed them in: pluggy's tiers first (wrappers, then ``tryfirst``, plain,
+    ``trylast``: what a technique declares), and by name within a tier. Pluggy calls the
+    plugin registered last first, hence the reversed names."""
+    for technique in sorted(techniques, key=lambda t: t.name, reverse=True):
+        _register_checked(pm, technique, type(technique))
+
+
+def hook_order(classes: list[type[Technique]]) -> dict[str, list[str]]:
+    """The order in which each training hook that two or more of ``classes`` implement calls
+    them, read from a manager registered the way :func:`training_manager` does it (a study
+    records it, so that a change of the order is seen on resume)."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs.TrainingSpecs)
+    _register_in_order(pm, [cls() for cls in classes])
+    order = {}
+    for hook in hook_names(hookspecs.TrainingSpecs):
+        called = [impl.plugin_name for impl in reversed(getattr(pm.hook, hook).get_hookimpls())]
+        if len(called) > 1:
+            order[hook] = called
+    return order

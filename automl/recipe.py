@@ -1,17 +1,17 @@
-"""Recipe: every value fixed — what a search exports and ``automl train`` replays."""
+"""Recipe: every value fixed — what a search exports and ``automl train`` replays.
+
+A plain value; reading one from a file is the space parser's job
+(:func:`automl.space.load_recipe`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from automl.errors import ConfigError
-from automl.space import SearchSpace, load_space
-from automl.technique import Technique
 from automl.yamlio import dump_yaml
 
-__all__ = ["Recipe", "load_recipe", "recipe_from_space"]
+__all__ = ["Recipe"]
 
 
 @dataclass
@@ -54,19 +54,3 @@ class Recipe:
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())
 
-
-def recipe_from_space(space: SearchSpace) -> Recipe:
-    """The recipe a fully fixed space describes; an error names the first free value."""
-    free = space.free_keys()
-    if free:
-        raise ConfigError(f"a recipe must fix every value, but {free[0]} is searched "
-                          f"({len(free)} free value(s); fix them or set enabled: true/false)",
-                          file=space.source)
-    techniques = {t.name: dict(t.params) for t in space.techniques.values() if t.enabled}
-    return Recipe(model=space.model, data=dict(space.data), epochs=space.epochs,
-                  seed=space.seed, techniques=techniques, provenance=space.provenance)
-
-
-def load_recipe(path: str | Path, catalog: dict[str, type[Technique]]) -> Recipe:
-    """Read, validate and return a recipe file."""
-    return recipe_from_space(load_space(path, catalog))

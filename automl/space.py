@@ -23,17 +23,19 @@ from optuna.distributions import (
 )
 
 from automl.data.settings import DATA_ACCESS_KEYS, DATA_KEYS
+from automl.discovery import hook_order
 from automl.errors import ConfigError
 from automl.provenance import checked_provenance
+from automl.recipe import Recipe
+from automl.search_algorithms import PRUNERS, SAMPLERS
 from automl.technique import NOT_APPLICABLE, Technique, When, conditional_name, contains
 from automl.yamlio import Lines, load_yaml
 
 if TYPE_CHECKING:
     import optuna
 
-    from automl.recipe import Recipe
-
-__all__ = ["SearchSpace", "TechniqueSpace", "load_space", "parse_space", "suggest",
+__all__ = ["SearchSpace", "TechniqueSpace", "load_space", "load_recipe", "recipe_from_space",
+           "parse_space", "suggest", "definition_difference",
            "DEFAULT_STUDY", "DATA_KEYS"]
 
 TOP_KEYS = ("model", "data", "epochs", "seed", "techniques", "study", "provenance")
@@ -51,8 +53,6 @@ DEFAULT_STUDY: dict[str, Any] = {
     # the top trials re-run with more seeds before the best is named (automl.confirm)
     "confirm_top": "auto", "confirm_seeds": 2, "confirm_splits": False,
 }
-SAMPLERS = ("tpe", "random", "cmaes", "gp")
-PRUNERS = ("hyperband", "median", "sha", "none")
 #: The metrics a study can optimise, and the way each improves: losses fall, accuracies rise.
 #: A study's ``direction`` follows its metric unless given, and one against its metric is
 #: refused (Optuna would keep the worst trial as the best). Every metric a space may name is
@@ -60,6 +60,10 @@ PRUNERS = ("hyperband", "median", "sha", "none")
 METRIC_DIRECTIONS = {"val/acc1": "maximize", "val/loss": "minimize",
                      "val/balanced_acc": "maximize"}
 METRICS = tuple(METRIC_DIRECTIONS)
+#: The key of a space definition that names the version of the rules it was made under: 2
+#: added the required techniques a space leaves out and the order hooks call techniques in.
+DEFINITION_RULES = "definition_rules"
+RULES_VERSION = "2"
 
 
 @dataclass
@@ -71,6 +75,8 @@ class TechniqueSpace:
     #: A BaseDistribution is searched, a When depends on a searched choice, anything else is
     #: fixed; a conditional parameter that never applies (its choice is fixed) is absent.
     params: dict[str, Any]
+    #: False for a required technique the space leaves out: on, at its defaults.
+    listed: bool = True
 
     @property
     def name(self) -> str:
@@ -156,8 +162,6 @@ class SearchSpace:
 
     def sample(self, trial: optuna.Trial) -> Recipe:
         """Ask the trial for every free value; parameters of an off technique are not asked."""
-        from automl.recipe import Recipe
-
         chosen: dict[str, dict[str, Any]] = {}
         for t in self.techniques.values():
             on = t.enabled
@@ -170,9 +174,13 @@ class SearchSpace:
 
     def definition(self) -> dict[str, str]:
         """What makes trials of this space comparable, as flat strings: model, data (without
-        where the files live), epochs, seed, and every technique's parameters and ranges. A
-        study stores it, so resuming with another space is caught."""
+        where the files live), epochs, seed, every technique's parameters and ranges (the
+        required ones too when left out), the order in which each hook calls the techniques
+        that share it, and the version of these rules. A study stores it, so resuming with
+        another space, or under other order rules, is caught; the order of the file is not
+        part of it."""
         items = {"model": self.model, "epochs": str(self.epochs), "seed": str(self.seed),
+                 DEFINITION_RULES: RULES_VERSION,
                  **{f"data.{k}": repr(v) for k, v in sorted(self.data.items())
                     if k not in DATA_ACCESS_KEYS}}
         for t in self.techniques.values():
@@ -180,6 +188,9 @@ class SearchSpace:
             for p, v in t.params.items():
                 items[f"{t.name}.{p}"] = (distribution_to_json(v) if isinstance(v, BaseDistribution)
                                           else v.to_json() if isinstance(v, When) else repr(v))
+        used = [t.cls for t in self.techniques.values() if t.enabled is not False]
+        for hook, names in hook_order(used).items():
+            items[f"order.{hook}"] = ", ".join(names)
         return items
 
     def max_epochs(self) -> int:
@@ -207,6 +218,23 @@ class SearchSpace:
             if on:
                 params.update(t.trial_params(techniques.get(t.name, {})))
         return params
+
+
+def definition_difference(stored: dict[str, str], current: dict[str, str]) -> str | None:
+    """What differs between a study's stored definition and a space's, in words (None: the
+    same); a study stored under older rules is named as such."""
+    if stored.get(DEFINITION_RULES) != current.get(DEFINITION_RULES):
+        return (f"its definition follows older rules (version {stored.get(DEFINITION_RULES, 1)}, "
+                f"now {current.get(DEFINITION_RULES)}: required techniques always on, "
+                "techniques in a canonical order)")
+    for key in sorted(stored.keys() | current.keys()):
+        if stored.get(key) != current.get(key):
+            return f"{key} was {_shown(stored.get(key))}, now {_shown(current.get(key))}"
+    return None
+
+
+def _shown(value: str | None) -> str:
+    return "absent" if value is None else value
 
 
 def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
@@ -249,6 +277,23 @@ def load_space(path: str | Path, catalog: dict[str, type[Technique]]) -> SearchS
     return parse_space(data, lines, str(path), catalog)
 
 
+def recipe_from_space(space: SearchSpace) -> Recipe:
+    """The recipe a fully fixed space describes; an error names the first free value."""
+    free = space.free_keys()
+    if free:
+        raise ConfigError(f"a recipe must fix every value, but {free[0]} is searched "
+                          f"({len(free)} free value(s); fix them or set enabled: true/false)",
+                          file=space.source)
+    techniques = {t.name: dict(t.params) for t in space.techniques.values() if t.enabled}
+    return Recipe(model=space.model, data=dict(space.data), epochs=space.epochs,
+                  seed=space.seed, techniques=techniques, provenance=space.provenance)
+
+
+def load_recipe(path: str | Path, catalog: dict[str, type[Technique]]) -> Recipe:
+    """Read, validate and return a recipe file (a space with every value fixed)."""
+    return recipe_from_space(load_space(path, catalog))
+
+
 def parse_space(data: Any, lines: Lines, file: str,
                 catalog: dict[str, type[Technique]]) -> SearchSpace:
     """Validate a YAML mapping against the technique catalog; every error names file:line."""
@@ -277,7 +322,27 @@ def parse_space(data: Any, lines: Lines, file: str,
             p.fail(key, f"unknown technique '{name}'{_did_you_mean(name, catalog)}; valid: "
                    + ", ".join(sorted(catalog)))
         space.techniques[name] = _parse_technique(p, key, catalog[name], entry)
+    for cls in catalog.values():
+        if not cls.optional and cls.name not in space.techniques:
+            space.techniques[cls.name] = _required_at_defaults(p, cls)
+    # By name, whatever the file's order: the order of sampling and of a recipe's techniques
+    # (the order hooks call them in is the plugin manager's: automl.discovery).
+    space.techniques = dict(sorted(space.techniques.items()))
     return space
+
+
+def _required_at_defaults(p: _Parser, cls: type[Technique]) -> TechniqueSpace:
+    """A required technique the space leaves out: on, each parameter fixed at its default (a
+    conditional one only where the default choice has a case)."""
+    must_set = cls.user_set_params()
+    p.expect(not must_set, ("techniques",), f"technique '{cls.name}' is required: list it "
+             f"and set {', '.join(must_set)}")
+    params = {}
+    for param, dist in cls.space.items():
+        when = cls.conditions.get(param)
+        if when is None or when.case(cls.defaults[when.on]) is not NOT_APPLICABLE:
+            params[param] = _typed(dist, cls.defaults[param])
+    return TechniqueSpace(cls=cls, enabled=True, params=params, listed=False)
 
 
 class _Parser:

@@ -17,6 +17,7 @@ import click
 import optuna
 
 from automl.errors import UserError
+from automl.optuna_adapter import study_id
 from automl.paths import check_study_name
 from automl.storage import is_rdb_url, open_storage, shown_storage
 
@@ -122,7 +123,7 @@ def _studies_in(run_dir: Path, storage: str | None) -> list[_Candidate]:
     backend = _open_existing(run_dir, storage)
     found = []
     for frozen in backend.get_all_studies():
-        trials = backend.get_all_trials(frozen._study_id, deepcopy=False)
+        trials = backend.get_all_trials(study_id(frozen), deepcopy=False)
         times = [t for trial in trials for t in (trial.datetime_start, trial.datetime_complete)
                  if t is not None]
         found.append(_Candidate(frozen.study_name, storage, run_dir,

@@ -23,6 +23,8 @@ from optuna.distributions import (
     distribution_to_json,
 )
 
+from automl.optuna_adapter import distribution_contains as contains  # Optuna's own check
+
 __all__ = ["Technique", "When", "contains", "describe_distribution", "describe_parameter",
            "markdown_table"]
 
@@ -215,14 +217,6 @@ def _validate_when(cls: type[Technique], where: str, param: str, when: When) -> 
             else default_case == cls.defaults[param]):
         raise TypeError(f"{where}: default {cls.defaults[param]!r} of {param!r} is outside "
                         f"its case for {when.on}={cls.defaults[when.on]!r}")
-
-
-def contains(dist: BaseDistribution, value: Any) -> bool:
-    """Whether ``value`` lies in ``dist`` (Optuna's own check, tolerant of bad types)."""
-    try:
-        return dist._contains(dist.to_internal_repr(value))
-    except (ValueError, TypeError):
-        return False
 
 
 def describe_distribution(dist: BaseDistribution) -> str:

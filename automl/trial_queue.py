@@ -10,11 +10,13 @@ gets one retry ticket with its parameters; retries are not counted in N.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
+
+from automl.optuna_adapter import claim_waiting_trial
 
 __all__ = ["plan_trials", "wait_for_plan", "claim_trial", "retry_once", "budget_trials",
            "duplicate_of", "BUDGET", "RETRY_OF", "WARM_START"]
@@ -25,9 +27,13 @@ WARM_START = "warm_start"  # trial user attr: the known recipe a ticket carries
 PLAN_WAIT_SECONDS = 60.0  # how long a joining process waits for the creator's tickets
 
 
-def budget_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials (and tickets) counted in ``--n-trials``: every one except retries."""
-    return [t for t in study.get_trials(deepcopy=False) if RETRY_OF not in t.user_attrs]
+def budget_trials(study: optuna.Study,
+                  trials: Sequence[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    """Trials (and tickets) counted in ``--n-trials``: every one except retries (of
+    ``trials``, the study's trials just read, when given)."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    return [t for t in trials if RETRY_OF not in t.user_attrs]
 
 
 def wait_for_plan(study: optuna.Study, created: bool) -> None:
@@ -65,20 +71,21 @@ def _started(study: optuna.Study) -> bool:
     return any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
-def claim_trial(study: optuna.Study, retries_only: bool = False) -> optuna.Trial | None:
+def claim_trial(study: optuna.Study, retries_only: bool = False,
+                trials: Sequence[FrozenTrial] | None = None) -> optuna.Trial | None:
     """Claim a waiting ticket (the storage lets exactly one process move it to RUNNING), or
-    None when none is left; ``retries_only`` once the budget is used up. ``Study.ask`` claims
-    the same way, but creates a new trial when the queue is empty: more than the budget."""
-    storage = study._storage  # Optuna keeps the storage and ids private; ask() uses the same
-    for ticket in storage.get_all_trials(study._study_id, deepcopy=False,
-                                         states=(TrialState.WAITING,)):
+    None when none is left; ``retries_only`` once the budget is used up. ``trials``: the
+    study's trials just read (a ticket another process took since then is skipped).
+    ``Study.ask`` claims the same way, but creates a new trial when the queue is empty: more
+    than the budget."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    for ticket in (t for t in trials if t.state == TrialState.WAITING):
         if retries_only and RETRY_OF not in ticket.user_attrs:
             continue
-        try:
-            if storage.set_trial_state_values(ticket._trial_id, state=TrialState.RUNNING):
-                return optuna.Trial(study, ticket._trial_id)
-        except UpdateFinishedTrialError:
-            continue
+        trial = claim_waiting_trial(study, ticket)
+        if trial is not None:
+            return trial
     return None
 
 
@@ -94,11 +101,15 @@ def retry_once(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> None:
     study.enqueue_trial(dict(trial.params), user_attrs=attrs)
 
 
-def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+def duplicate_of(study: optuna.Study, trial: optuna.Trial,
+                 trials: Sequence[FrozenTrial] | None = None) -> int | None:
     """The number of a completed or pruned trial with exactly this trial's parameters:
-    training it again would only repeat that result. (A retried trial is FAIL, never one.)"""
-    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
-                                                          TrialState.PRUNED)):
-        if other.params == trial.params:
+    training it again would only repeat that result. (A retried trial is FAIL, never one.)
+    ``trials``: the study's trials read when this one was claimed, when given."""
+    if trials is None:
+        trials = study.get_trials(deepcopy=False)
+    for other in trials:
+        if other.state in (TrialState.COMPLETE, TrialState.PRUNED) and \
+                other.params == trial.params:
             return other.number
     return None

@@ -4,9 +4,11 @@
 few trials side by side use it better); ``--gpus all`` (or ``0,2``) runs ``jobs`` workers on
 every listed GPU. Workers are processes, not threads: each has its own CUDA context, RNG and
 interpreter, so a trial never waits on another's Python. Each worker claims
-the study's waiting trials until none is left (see :mod:`automl.trial_queue`). Worker k seeds its
-sampler with ``seed + k`` (the same seed everywhere would draw the same first trials), so a
-parallel search is not reproducible trial for trial; a sequential one is.
+the study's waiting trials until none is left (see :mod:`automl.trial_queue`). Each worker
+joins the study the parent created, so its sampler's seed mixes in its own process
+(:func:`automl.study_lifecycle.sampler_seed`): a parallel search is not reproducible trial for
+trial; a sequential one is. A worker rebuilds its :class:`automl.search_context.SearchContext`
+from the picklable settings and :class:`~automl.search_context.Plugins` it is given.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import torch
 
 from automl.errors import UserError
 from automl.interrupts import Interrupted, stop_on_signals
+from automl.search_context import Plugins, SearchContext
+from automl.search_settings import SearchSettings
 
 if TYPE_CHECKING:
-    from automl.search import SearchSettings
     from automl.space import SearchSpace
 
 __all__ = ["worker_devices", "run_workers"]
@@ -55,8 +58,8 @@ def worker_devices(jobs: int, gpus: str | None, device: str | None) -> list[str 
     return [f"cuda:{i}" for i in ids for _ in range(jobs)]
 
 
-def run_workers(space: SearchSpace, settings: SearchSettings, devices: list[str | None],
-                todo: int) -> None:
+def run_workers(space: SearchSpace, settings: SearchSettings, plugins: Plugins,
+                devices: list[str | None], todo: int) -> None:
     """Run the study's ``todo`` waiting trials in one process per device entry (at most
     ``todo`` processes); each claims trials until none is left.
 
@@ -70,7 +73,8 @@ def run_workers(space: SearchSpace, settings: SearchSettings, devices: list[str 
     processes = [
         context.Process(target=_worker, name=f"automl-worker-{k}",
                         args=(space, replace(settings, jobs=1, gpus=None, device=device,
-                                             seed=(settings.seed + k) % 2**32), threads))
+                                             seed=(settings.seed + k) % 2**32), plugins,
+                              threads))
         for k, device in enumerate(devices)]
     for process in processes:
         process.start()
@@ -90,13 +94,15 @@ def run_workers(space: SearchSpace, settings: SearchSettings, devices: list[str 
                         "above); finished trials are kept, run the command again to resume")
 
 
-def _worker(space: SearchSpace, settings: SearchSettings, threads: int) -> None:
-    """One worker process: its own data, study handle and console lines."""
+def _worker(space: SearchSpace, settings: SearchSettings, plugins: Plugins,
+            threads: int) -> None:
+    """One worker process: its own data, study handle, context and console lines."""
     from automl.data import load_data
     from automl.failures import RepeatedFailure
     from automl.report import ConsoleReporter, show_warnings
-    from automl.search import create_study, run_trials
+    from automl.study_lifecycle import create_study
     from automl.tracking import tracked
+    from automl.trial_loop import run_trials
 
     os.setpgid(0, 0)  # the terminal's Ctrl-C goes to the parent, which passes it on once
     show_warnings()
@@ -105,8 +111,8 @@ def _worker(space: SearchSpace, settings: SearchSettings, threads: int) -> None:
         try:
             study = create_study(space, settings)
             reporter = tracked(ConsoleReporter(settings.metric, live=False), settings)
-            run_trials(study, space, settings, reporter, load_data(space.data),
-                       settings.device)
+            context = SearchContext.build(settings, reporter, settings.device, plugins)
+            run_trials(study, space, context, load_data(space.data))
         except Interrupted as exc:
             sys.exit(exc.exit_code)
         except RepeatedFailure as exc:  # the parent names the reason, once

@@ -24,10 +24,11 @@ def report(name: str, result: dict) -> None:
     """Print the JSON line and save it as bench/results/NAME-<device>.json (NAME-quick-… for a
     ``"quick": true`` run, so a smoke run never replaces a full one)."""
     line = json.dumps(result)
-    RESULTS.mkdir(exist_ok=True)
+    results = Path(os.environ.get("BENCH_RESULTS") or RESULTS)  # bench.gpu --results
+    results.mkdir(exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in result["device"].lower()).strip("-")
     name = f"{name}-quick" if result.get("quick") else name
-    (RESULTS / f"{name}-{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (results / f"{name}-{slug}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(line)
 
 

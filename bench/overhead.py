@@ -27,10 +27,15 @@ search's wall time.
 
 ``run_search`` opens its storage with ``automl.storage.open_storage``, which gives a journal
 file or an RDB, never memory; for the in-memory run the bench replaces that one call (in
-``automl.search`` only) with ``optuna.storages.InMemoryStorage()``, so the rest of the search
-runs unchanged. Functions are timed by wrapping them where the product looks them up
-(``automl.search``, ``automl.trainer``) for the duration of the run; CUDA is synchronised at
-every part boundary so asynchronous kernels are charged to the part that launched them.
+``automl.study_lifecycle`` only) with ``optuna.storages.InMemoryStorage()``, so the rest of
+the search runs unchanged. The plugin manager factory and the epoch timer reach the search
+through its :class:`automl.search.Plugins`; other functions are timed by wrapping them where
+the product looks them up (``automl.study_lifecycle``, ``automl.trainer``) for the duration of
+the run; CUDA is synchronised at every part boundary so asynchronous kernels are charged to
+the part that launched them.
+
+With ``--postgresql URL`` (or ``AUTOML_TEST_POSTGRESQL`` set, e.g. by ``.ci/postgres.sh
+start``) a fourth search runs on that PostgreSQL database, each search in a study of its own.
 
 A warm-up search (one trial per storage) runs first, so imports and first-call kernel setup
 are not counted. ``--quick`` trains on the first 5 batches of training images (5 steps per
@@ -41,6 +46,7 @@ two threads whose cores are also busy with other work wait at every parallel reg
 made a training step several times slower and the figures meaningless.
 
     python -m bench.overhead [--quick] [--trials N] [--device cpu|cuda] [--threads N]
+                             [--postgresql URL] [--label TEXT]
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import os
 import tempfile
 import threading
 import time
@@ -62,9 +69,10 @@ import optuna
 import torch
 
 import automl.search
+import automl.study_lifecycle
 import automl.trainer
 from automl.data import DataBundle, Split, load_data
-from automl.discovery import technique_catalog
+from automl.discovery import technique_catalog, training_manager
 from automl.hookspecs import hookimpl
 from automl.report import SilentReporter
 from automl.space import SearchSpace, load_space
@@ -191,8 +199,8 @@ def storage_methods(storage: optuna.storages.BaseStorage) -> list[str]:
 
 def instrumented(ledger: Ledger, kind: str) -> ExitStack:
     """Patch the product's look-ups so every part of a search is charged to the ledger."""
-    real_open, real_sampler = automl.search.open_storage, automl.search.make_sampler
-    real_manager = automl.search.training_manager
+    lifecycle = automl.study_lifecycle
+    real_open, real_sampler = lifecycle.open_storage, lifecycle.make_sampler
 
     def open_storage(storage, run_dir):
         backend = optuna.storages.InMemoryStorage() if kind == "in-memory" \
@@ -203,15 +211,11 @@ def instrumented(ledger: Ledger, kind: str) -> ExitStack:
     def make_sampler(name, seed, *args):
         return ledger.time_methods(real_sampler(name, seed, *args), SAMPLER_METHODS, "sampling")
 
-    def training_manager(recipe, catalog=None):
-        return real_manager(recipe, catalog, extra_plugins=[EpochTimer(ledger)])
-
     stack = ExitStack()
     for module, name, new in (
-            (automl.search, "open_storage", open_storage),
-            (automl.search, "make_sampler", make_sampler),
-            (automl.search, "training_manager", ledger.timed("plugin manager", training_manager)),
-            (automl.search, "write_atomic", ledger.timed("export", automl.search.write_atomic)),
+            (lifecycle, "open_storage", open_storage),
+            (lifecycle, "make_sampler", make_sampler),
+            (lifecycle, "write_atomic", ledger.timed("export", lifecycle.write_atomic)),
             (automl.trainer, "prepare", ledger.timed("model build", automl.trainer.prepare)),
             (automl.trainer, "evaluate", ledger.timed("evaluation", automl.trainer.evaluate))):
         stack.enter_context(mock.patch.object(module, name, new))
@@ -221,20 +225,24 @@ def instrumented(ledger: Ledger, kind: str) -> ExitStack:
 
 
 def run(kind: str, space: SearchSpace, data: DataBundle, trials: int, device: torch.device,
-        workdir: Path) -> dict:
+        workdir: Path, postgresql: str | None = None) -> dict:
     """One instrumented search; per-trial means of its parts."""
     run_dir = workdir / kind
-    url = f"sqlite:///{run_dir / 'study.db'}" if kind == "sqlite" else None
+    url = {"sqlite": f"sqlite:///{run_dir / 'study.db'}", "postgresql": postgresql}.get(kind)
     run_dir.mkdir(parents=True)
-    settings = automl.search.SearchSettings.from_space(
-        space, study_name="overhead", run_dir=run_dir, storage=url, device=str(device),
-        n_trials=trials)
+    settings = automl.search.SearchSettings.from_space(  # a new study in a shared database
+        space, study_name=f"overhead-{workdir.name}-{time.time_ns()}", run_dir=run_dir,
+        storage=url, device=str(device), n_trials=trials)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     ledger = Ledger(sync)
+    plugins = automl.search.Plugins(
+        manager_factory=ledger.timed("plugin manager", training_manager),
+        extra=(EpochTimer(ledger),))
     with instrumented(ledger, kind):
         space.sample = ledger.timed("sampling", space.sample)
         try:
-            study = automl.search.run_search(space, settings, SilentReporter(), data)
+            study = automl.search.run_search(space, settings, SilentReporter(), data,
+                                             plugins=plugins)
             wall = ledger.close()
         finally:
             del space.sample
@@ -282,7 +290,13 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: steady timings on a shared machine)")
+    parser.add_argument("--postgresql", default=os.environ.get("AUTOML_TEST_POSTGRESQL"),
+                        help="also measure this PostgreSQL URL (default: "
+                             "$AUTOML_TEST_POSTGRESQL, as .ci/postgres.sh start prints it)")
+    parser.add_argument("--label", default=None,
+                        help="a word for the result file's name and record (e.g. before/after)")
     args = parser.parse_args()
+    storages = STORAGES + (("postgresql",) if args.postgresql else ())
     torch.set_num_threads(args.threads)
     trials = args.trials or (QUICK_TRIALS if args.quick else 100)
     device = resolve_device(args.device)
@@ -296,12 +310,14 @@ def main() -> None:
             data = dataclasses.replace(data, train=Split(data.train.images[:n].contiguous(),
                                                          data.train.labels[:n].contiguous()))
         started = time.perf_counter()
-        for kind in STORAGES:  # imports, first kernels, SQLAlchemy: not part of any figure
-            run(kind, space, data, 1, device, workdir / "warmup")
-        results = {kind: run(kind, space, data, trials, device, workdir) for kind in STORAGES}
+        for kind in storages:  # imports, first kernels, SQLAlchemy: not part of any figure
+            run(kind, space, data, 1, device, workdir / "warmup", args.postgresql)
+        results = {kind: run(kind, space, data, trials, device, workdir, args.postgresql)
+                   for kind in storages}
     print_tables(results)
-    report("overhead", {
-        "benchmark": "overhead", "device": device_name(device), "quick": args.quick,
+    report(f"overhead-{args.label}" if args.label else "overhead", {
+        "benchmark": "overhead", "label": args.label, "device": device_name(device),
+        "quick": args.quick,
         "trials": trials, "epochs": space.epochs, "batch_size": space.data["batch_size"],
         "train_steps_per_epoch": len(data.train) // space.data["batch_size"],
         "target_overhead_share": TARGET,

@@ -34,6 +34,6 @@ class Flip(Technique):
     defaults = {"p": 0.5}
     limits = {"p": (0.0, 1.0)}
 
-    @hookimpl
+    @hookimpl(tryfirst=True)  # crop and flip before policies, as their papers do
     def augment_batch(self, state):
         state.images = random_hflip(state.images, self.params["p"], state.generator)

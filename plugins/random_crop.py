@@ -47,7 +47,7 @@ class RandomCrop(Technique):
     defaults = {"padding": 2, "padding_mode": "reflect"}
     limits = {"padding": (0, 64)}
 
-    @hookimpl
+    @hookimpl(tryfirst=True)  # crop and flip before policies, as their papers do
     def augment_batch(self, state):
         state.images = random_translate(state.images, self.params["padding"],
                                         self.params["padding_mode"], state.generator)

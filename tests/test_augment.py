@@ -177,6 +177,21 @@ def test_bad_inputs_fail_clearly(batches):
         apply_op(batches[3].float(), "Invert", torch.zeros(8), torch.ones(8), one)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("levels", [256, 7, 2])
+def test_equalize_matches_torchvision_on_random_batches(channels, levels):
+    """Random uint8 batches (every value, a few values, two), one mostly a single value and
+    one flat: the batched histogram gives torchvision's equalize, image by image, exactly."""
+    g = _gen(levels + channels)
+    values = torch.randperm(256, generator=g)[:levels].to(torch.uint8)
+    images = values[torch.randint(levels, (16, channels, 21, 34), generator=g)]
+    images[3, :, 2:] = values[0]  # all but two rows one value: the top bin decides the step
+    images[4] = values[-1]  # flat: left as it is
+    out = apply_op(images, "Equalize", torch.zeros(16), torch.ones(16),
+                   torch.ones(16, dtype=torch.bool))
+    assert torch.equal(out, torch.stack([TF.equalize(image) for image in images]))
+
+
 # --- policies ----------------------------------------------------------------------------------
 
 POLICIES = {

@@ -22,8 +22,9 @@ from automl.data import load_data
 from automl.discovery import training_manager
 from automl.errors import ConfigError, UserError
 from automl.hookspecs import hookimpl
-from automl.recipe import Recipe, load_recipe
+from automl.recipe import Recipe
 from automl.replay import replay
+from automl.space import load_recipe
 from automl.trainer import fit, prepare
 
 CPU = torch.device("cpu")

@@ -11,8 +11,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 
 from automl.discovery import technique_catalog
 from automl.errors import ConfigError
-from automl.recipe import load_recipe
-from automl.space import load_space
+from automl.space import load_recipe, load_space
 from automl.technique import Technique, When
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -248,6 +248,18 @@ def test_a_dataset_registered_twice_names_both_plugins(add_plugin):
         dataset_catalog()
 
 
+def test_a_loader_that_returns_the_wrong_thing_names_its_plugin(add_plugin):
+    class Wrong:
+        @hookimpl
+        def register_datasets(self, register):
+            register("wrong", lambda settings: (torch.zeros(4, 1, 2, 2), None, ["a"]))
+
+    add_plugin(Wrong(), "wrong_plugin")
+    with pytest.raises(UserError, match="dataset 'wrong' \\(plugin 'wrong_plugin'\\): its loader "
+                                        "returned something other than"):
+        load_data({"dataset": "wrong"})
+
+
 def test_a_bad_dataset_registration_names_the_plugin(add_plugin):
     class Bad:
         @hookimpl

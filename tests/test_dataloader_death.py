@@ -16,13 +16,12 @@ import pytest
 from optuna.trial import TrialState
 from PIL import Image
 
-import automl.search as search_module
 from automl import data as data_module
 from automl.data import ImageFiles, load_data
 from automl.discovery import technique_catalog
 from automl.hookspecs import hookimpl
 from automl.report import SilentReporter
-from automl.search import SearchSettings, run_search
+from automl.search import Plugins, SearchSettings, run_search
 from automl.space import load_space
 from automl.technique import Technique
 
@@ -83,9 +82,8 @@ def image_folder(tmp_path, data) -> Path:
 
 
 @pytest.fixture
-def catalog(monkeypatch):
+def catalog():
     catalog = {**technique_catalog(), "kill_worker": KillWorker}
-    monkeypatch.setattr(search_module, "technique_catalog", lambda: catalog)
     KILLED.clear()
     data_module.clear_cache()
     yield catalog
@@ -111,7 +109,8 @@ study: {{sampler: random, pruner: none, n_trials: 3, seed: 0}}
     assert data.train.labels.numel() // 16 > KILL_AT_BATCH
     settings = SearchSettings.from_space(space, study_name="killed", run_dir=tmp_path / "run",
                                          device="cpu")
-    study = run_search(space, settings, SilentReporter(), data=data)
+    study = run_search(space, settings, SilentReporter(), data=data,
+                       plugins=Plugins(catalog=catalog))
 
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]

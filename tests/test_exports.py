@@ -35,10 +35,10 @@ from automl.exports import (
     timm_export,
     torchvision_export,
 )
-from automl.recipe import Recipe, load_recipe
+from automl.recipe import Recipe
 from automl.report import SilentReporter
 from automl.search import BEST_RECIPE, SearchSettings, run_search
-from automl.space import load_space
+from automl.space import load_recipe, load_space
 from automl.warm_start import known_recipes
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

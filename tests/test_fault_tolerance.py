@@ -23,12 +23,11 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-import automl.search as search_module
 from automl.discovery import technique_catalog
 from automl.errors import UserError
 from automl.hookspecs import hookimpl
 from automl.report import SilentReporter
-from automl.search import SearchSettings, run_search
+from automl.search import Plugins, SearchSettings, run_search
 from automl.space import load_space
 from automl.storage import StorageFailed, open_storage, shown_storage, storage_failure
 from automl.technique import Technique
@@ -221,9 +220,8 @@ class BreaksStorage(Technique):
 
 
 @pytest.fixture
-def catalog(monkeypatch):
+def catalog():
     catalog = {**technique_catalog(), "choice": Choice, "breaks_storage": BreaksStorage}
-    monkeypatch.setattr(search_module, "technique_catalog", lambda: catalog)
     return catalog
 
 
@@ -233,7 +231,8 @@ def test_parameters_already_tried_are_not_trained_again(tmp_path, catalog):
                                   "high: 0.08}}", "  choice: {enabled: true}")
                     % {"epochs": 1, "n_trials": 5})
     space = load_space(path, catalog)
-    study = run_search(space, settings_for(space, tmp_path / "run"), SilentReporter())
+    study = run_search(space, settings_for(space, tmp_path / "run"), SilentReporter(),
+                       plugins=Plugins(catalog=catalog))
     repeats = [t for t in study.trials
                if t.user_attrs.get("fail_reason", "").startswith("same parameters as trial ")]
     assert repeats, "5 draws from 2 choices must repeat one"
@@ -253,7 +252,8 @@ def test_a_storage_failure_names_its_real_cause(tmp_path, catalog):
     run_dir = tmp_path / "run"
     BreaksStorage.journal = run_dir / "study.journal"
     with pytest.raises(StorageFailed) as caught:
-        run_search(space, settings_for(space, run_dir), SilentReporter())
+        run_search(space, settings_for(space, run_dir), SilentReporter(),
+                   plugins=Plugins(catalog=catalog))
     message = str(caught.value)
     assert "while running trial 0: IsADirectoryError" in message
     assert "Should not reach" not in message and caught.value.exit_code == 1

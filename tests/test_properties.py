@@ -22,8 +22,8 @@ from optuna.distributions import (
 )
 
 from automl.discovery import technique_catalog
-from automl.recipe import Recipe, load_recipe
-from automl.space import SearchSpace, load_space
+from automl.recipe import Recipe
+from automl.space import SearchSpace, load_recipe, load_space
 from automl.technique import NOT_APPLICABLE, Technique, When, contains
 from automl.yamlio import dump_yaml
 

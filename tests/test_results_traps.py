@@ -19,13 +19,12 @@ import yaml
 from click.testing import CliRunner, Result
 from optuna.trial import TrialState
 
-import automl.search as search_module
 from automl.cli import cli
 from automl.discovery import technique_catalog
 from automl.failures import STOP_AFTER, RepeatedFailure, check_repeated_failure
 from automl.hookspecs import hookimpl
 from automl.report import ConsoleReporter, summary_lines, trial_details, trials_table
-from automl.search import SearchSettings, create_study, run_search
+from automl.search import Plugins, SearchSettings, create_study, run_search
 from automl.space import load_space
 from automl.storage import open_storage
 from automl.technique import Technique
@@ -349,15 +348,14 @@ study: {n_trials: 2, pruner: none, warm_start: false}
 """
 
 
-def test_a_trial_that_ended_early_says_why_on_its_line_and_in_the_tables(tmp_path, monkeypatch,
-                                                                         capsys):
+def test_a_trial_that_ended_early_says_why_on_its_line_and_in_the_tables(tmp_path, capsys):
     catalog = {**technique_catalog(), "flat_score": FlatScore}
-    monkeypatch.setattr(search_module, "technique_catalog", lambda: catalog)
     (tmp_path / "early.yaml").write_text(EARLY)
     space = load_space(tmp_path / "early.yaml", catalog)
     settings = SearchSettings.from_space(space, study_name="early", run_dir=tmp_path / "run",
                                          device="cpu")
-    study = run_search(space, settings, ConsoleReporter("val/acc1", live=False))
+    study = run_search(space, settings, ConsoleReporter("val/acc1", live=False),
+                       plugins=Plugins(catalog=catalog))
     first, second = study.trials
     stopped = "early stopping: val/acc1 did not improve for 1 epoch (after epoch 2 of 4)"
     assert first.state == TrialState.COMPLETE and first.user_attrs["epochs_run"] == 2

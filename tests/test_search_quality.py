@@ -17,10 +17,10 @@ from automl.cli import cli
 from automl.confirm import CONFIRMATIONS, CONFIRMED_BEST, chosen_trial, verdict
 from automl.discovery import technique_catalog, training_manager
 from automl.fidelity import FIRST_RUNG, TrustedRungPruner, fidelity_lines, rung_correlations
-from automl.recipe import Recipe, load_recipe
+from automl.recipe import Recipe
 from automl.report import SilentReporter
 from automl.search import BEST_RECIPE, SearchSettings, run_search
-from automl.space import load_space
+from automl.space import load_recipe, load_space
 from automl.trainer import prepare
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -17,8 +17,8 @@ from optuna.distributions import BaseDistribution, IntDistribution
 from automl.cli import cli
 from automl.discovery import technique_catalog
 from automl.errors import ConfigError
-from automl.recipe import Recipe, load_recipe
-from automl.space import SearchSpace, load_space
+from automl.recipe import Recipe
+from automl.space import SearchSpace, load_recipe, load_space
 from automl.technique import NOT_APPLICABLE, When, conditional_name, contains
 from automl.yamlio import load_yaml
 

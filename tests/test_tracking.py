@@ -20,12 +20,11 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-import automl.search as search_module
 from automl.cli import cli
 from automl.discovery import technique_catalog, training_manager
 from automl.hookspecs import hookimpl
 from automl.report import SilentReporter
-from automl.search import SearchSettings, run_search
+from automl.search import Plugins, SearchSettings, run_search
 from automl.space import load_space
 from automl.storage import open_storage
 from automl.tracking import parse_targets
@@ -75,17 +74,16 @@ def tracked_search(tmp_path_factory):
     _need("mlflow")
     built = []
 
-    def manager(recipe, catalog=None):
+    def manager(recipe, catalog=None, extra_plugins=()):
         built.append(recipe)
         how = {1: "nan", 2: "raise"}.get(len(built) - 1)
-        return training_manager(recipe, catalog, extra_plugins=[_EndsBadly(how)])
+        return training_manager(recipe, catalog, extra_plugins=[*extra_plugins, _EndsBadly(how)])
 
     tmp_path = tmp_path_factory.mktemp("tracked")
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        monkeypatch.setattr(search_module, "training_manager", manager)
         study = run_search(*_setup(tmp_path, SPACE, log=("tensorboard", "mlflow")),
-                           SilentReporter())
+                           SilentReporter(), plugins=Plugins(manager_factory=manager))
     assert _states(study) == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert len(study.trials[0].intermediate_values) == 2  # the complete one has both epochs
     assert len(study.trials[1].intermediate_values) == 1  # pruned in the second

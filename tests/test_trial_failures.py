@@ -10,11 +10,10 @@ import torch
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
-import automl.search as search_module
 from automl.discovery import technique_catalog
 from automl.hookspecs import hookimpl
 from automl.report import ConsoleReporter
-from automl.search import SearchSettings, run_search
+from automl.search import Plugins, SearchSettings, run_search
 from automl.space import load_space
 from automl.technique import Technique
 
@@ -54,9 +53,8 @@ study: {sampler: random, pruner: none, n_trials: 8, seed: 0}
 
 
 @pytest.fixture
-def catalog(monkeypatch):
+def catalog():
     catalog = {**technique_catalog(), "exploding": Exploding}
-    monkeypatch.setattr(search_module, "technique_catalog", lambda: catalog)
     MODELS.clear()
     return catalog
 
@@ -75,7 +73,8 @@ def test_failing_trials_name_plugin_and_hook_and_the_search_goes_on(tmp_path: Pa
             alive.append(sum(ref() is not None for ref in MODELS))
             super().trial_end(study, trial, new_best)
 
-    study = run_search(space, settings, Reporter("val/acc1", live=False))
+    study = run_search(space, settings, Reporter("val/acc1", live=False),
+                       plugins=Plugins(catalog=catalog))
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 8
     reasons = {"value": "plugin exploding, hook after_backward: ValueError: the plugin has a bug",
@@ -117,15 +116,15 @@ class NonFinite(Technique):
         return {"acc1": float("inf")} if self.params["where"] == "score" else {}
 
 
-def test_infinite_loss_or_score_prunes_the_trial_and_never_becomes_best(tmp_path, monkeypatch):
+def test_infinite_loss_or_score_prunes_the_trial_and_never_becomes_best(tmp_path):
     catalog = {**technique_catalog(), "nonfinite": NonFinite}
-    monkeypatch.setattr(search_module, "technique_catalog", lambda: catalog)
     path = tmp_path / "nonfinite.yaml"
     path.write_text(SPACE.replace("exploding", "nonfinite"))
     space = load_space(path, catalog)
     settings = SearchSettings.from_space(space, study_name="x", run_dir=tmp_path / "run",
                                          device="cpu", warm_start=False)  # sampled draws
-    study = run_search(space, settings, ConsoleReporter("val/acc1", live=False))
+    study = run_search(space, settings, ConsoleReporter("val/acc1", live=False),
+                       plugins=Plugins(catalog=catalog))
     reasons = {"loss": "training loss is ", "score": "val/acc1 is inf in epoch 1"}
     seen = set()
     for trial in study.trials:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import uuid
 import weakref
 from pathlib import Path
 
@@ -10,14 +12,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import automl.search as search_module
 from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
 from automl.hookspecs import hookimpl
-from automl.recipe import load_recipe
 from automl.report import SilentReporter
-from automl.search import BEST_RECIPE, SearchSettings, run_search
-from automl.space import load_space
+from automl.search import BEST_RECIPE, Plugins, SearchSettings, run_search
+from automl.space import load_recipe, load_space
+from automl.technique import Technique
 from automl.workers import worker_devices
 
 SPACE = """\
@@ -65,7 +66,51 @@ def test_jobs_split_the_trials_between_processes_on_one_study(tmp_path):
         study.best_trial.user_attrs["recipe"]
 
 
-def test_each_trial_releases_its_model_before_the_next_starts(tmp_path, monkeypatch):
+class Stamp(Technique):
+    """A technique only this test's catalog has: each training stamps a file.
+
+    Helps: testing. Suggested: never. Source: this test.
+    """
+
+    name = "stamp"
+    space = {}
+    defaults = {}
+
+    @hookimpl
+    def on_train_start(self, state):
+        (Path(state.extras["stamp_dir"]) / f"technique-{os.getpid()}-{uuid.uuid4().hex}").touch()
+
+
+class StampDir:
+    """An extra plugin (not a technique): tells the technique where to stamp, and stamps too."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    @hookimpl
+    def on_train_start(self, state):
+        state.extras["stamp_dir"] = str(self.directory)
+        (self.directory / f"plugin-{os.getpid()}-{uuid.uuid4().hex}").touch()
+
+
+def test_the_plugins_given_to_a_search_reach_its_worker_processes(tmp_path):
+    """A catalog with a test's own technique and an extra plugin: the same in every worker."""
+    stamps = tmp_path / "stamps"
+    stamps.mkdir()
+    path = tmp_path / "stamped.yaml"
+    path.write_text(SPACE.replace("  flip: {}", "  stamp: {enabled: true}"))
+    catalog = {**technique_catalog(), "stamp": Stamp}
+    space = load_space(path, catalog)
+    study = run_search(space, _settings(space, tmp_path, jobs=2), SilentReporter(),
+                       plugins=Plugins(catalog=catalog, extra=(StampDir(stamps),)))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    names = sorted(p.name for p in stamps.iterdir())
+    pids = {int(name.split("-")[1]) for name in names}
+    assert [name.split("-")[0] for name in names] == ["plugin"] * 4 + ["technique"] * 4
+    assert os.getpid() not in pids  # trained in the workers, not here
+
+
+def test_each_trial_releases_its_model_before_the_next_starts(tmp_path):
     """Completed and pruned (diverged) trials alike: no model outlives its trial."""
     models: list[weakref.ref] = []
 
@@ -82,10 +127,10 @@ def test_each_trial_releases_its_model_before_the_next_starts(tmp_path, monkeypa
             if self.diverge:
                 state.loss = state.loss * float("nan")
 
-    def manager(recipe, catalog=None):
-        return training_manager(recipe, catalog, extra_plugins=[Recorder(len(models) % 2 == 1)])
+    def manager(recipe, catalog=None, extra_plugins=()):
+        return training_manager(recipe, catalog,
+                                extra_plugins=[*extra_plugins, Recorder(len(models) % 2 == 1)])
 
-    monkeypatch.setattr(search_module, "training_manager", manager)
     alive_at_trial_end = []
 
     class Checking(RecordingReporter):
@@ -95,7 +140,8 @@ def test_each_trial_releases_its_model_before_the_next_starts(tmp_path, monkeypa
 
     space = _space(tmp_path)
     reporter = Checking()
-    run_search(space, _settings(space, tmp_path), reporter)
+    run_search(space, _settings(space, tmp_path), reporter,
+               plugins=Plugins(manager_factory=manager))
     states = [t.state for t in reporter.ended]
     assert states == [TrialState.COMPLETE, TrialState.PRUNED] * 2
     assert reporter.ended[1].user_attrs["fail_reason"] == "training loss is nan in epoch 1"

@@ -48,12 +48,23 @@ def load_data(config: Mapping[str, Any]) -> DataBundle:
     bundle_key = (source_key, cfg["val_fraction"], cfg["split_seed"], cfg["train_fraction"])
     if bundle_key not in _BUNDLES:
         if source_key not in _SOURCES:
-            _SOURCES[source_key] = dataset.load(cfg)
+            _SOURCES[source_key] = _loaded(dataset, cfg)
         train_full, test, names = _SOURCES[source_key]
         _BUNDLES[bundle_key] = _build_bundle(
             cfg["dataset"], train_full, test, names, cfg["val_fraction"], cfg["split_seed"],
             cfg["train_fraction"])
     return _BUNDLES[bundle_key]
+
+
+def _loaded(dataset: Dataset, cfg: dict[str, Any]) -> tuple[Split, Split, list[str]]:
+    """What the loader returned, refused with the plugin's name unless it has the promised
+    form (a plugin's loader is code this project does not test)."""
+    loaded = dataset.load(cfg)
+    if not (isinstance(loaded, tuple) and len(loaded) == 3 and isinstance(loaded[0], Split)
+            and isinstance(loaded[1], Split) and all(isinstance(n, str) for n in loaded[2])):
+        raise UserError(f"dataset '{dataset.name}' (plugin '{dataset.plugin}'): its loader "
+                        "returned something other than (train Split, test Split, class names)")
+    return loaded
 
 
 def _dataset(name: str) -> Dataset:

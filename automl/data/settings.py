@@ -78,20 +78,19 @@ def for_loading(settings: Any) -> dict[str, Any]:
 def checked(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Check each key present (unknown keys are the space parser's to refuse, with a hint);
     raise :class:`ConfigError` naming ``data.KEY``. Returns a copy."""
-    cfg = dict(settings)
-    names = available_datasets()
+    from automl.discovery import dataset_catalog
+
+    cfg, catalog = dict(settings), dataset_catalog()
     name = cfg.get("dataset")
-    if not isinstance(name, str) or name not in names:
-        raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(names)}",
+    if not isinstance(name, str) or name not in catalog:
+        raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(sorted(catalog))}",
                           key="data.dataset")
     for key, check in _CHECKS.items():
         if key in cfg:
             problem = check(cfg[key])
             if problem:
                 raise ConfigError(f"{problem}, got {cfg[key]!r}", key=f"data.{key}")
-    from automl.discovery import dataset_catalog
-
-    for key in dataset_catalog()[name].requires:
+    for key in catalog[name].requires:
         if key not in cfg:
             raise ConfigError(f"required for dataset {name!r}", key=f"data.{key}")
     return cfg

@@ -1,0 +1,239 @@
+"""The per-process trial loop: claim a ticket, train it, record how it ended, repeat.
+
+Each trial samples a Recipe from the space, trains it with a fresh plugin manager, reports the
+validation metric after every epoch (so the pruner can stop it), and stores its full recipe
+and final metrics as user attributes. ``best_recipe.yaml`` is rewritten whenever the best
+improves, so an interrupted search loses nothing.
+
+A trial's fixed cost is storage round trips, so the loop reads the study's trials once per
+claim and once per finished trial, and sweeps for stale trials on a timer (and whenever no
+ticket is left), not before every claim (see bench/overhead.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Sequence
+
+import optuna
+import torch
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from automl.data import DataBundle, load_data
+from automl.failures import (
+    TRACEBACK_LOG,
+    check_repeated_failure,
+    failure_reason,
+    traceback_text,
+    write_trial_log,
+)
+from automl.heartbeat import BEAT_SECONDS, beating, sweep_stale
+from automl.interrupts import Interrupted, raise_if_interrupted
+from automl.provenance import ENVIRONMENT, environment
+from automl.recipe import Recipe
+from automl.search_context import SearchContext
+from automl.space import SearchSpace
+from automl.state import TrainState
+from automl.storage import StorageFailed
+from automl.study_lifecycle import export_best, recording
+from automl.trainer import TrainingDiverged, release_memory, train
+from automl.trial_queue import budget_trials, claim_trial, duplicate_of, retry_once
+
+__all__ = ["run_trials", "trainer_for", "NonFiniteScore", "ENDED_EARLY", "SWEEP_SECONDS"]
+
+ENDED_EARLY = "ended_early"  # the user attr saying why a trial stopped before its last epoch
+#: How often a process sweeps the study for trials whose worker died (also once at start and
+#: whenever no ticket is left); a dead worker's trial is retried within this plus its
+#: staleness (:data:`automl.heartbeat.STALE_SECONDS`).
+SWEEP_SECONDS = BEAT_SECONDS
+
+
+class NonFiniteScore(ArithmeticError):
+    """The searched metric is NaN or infinite: the trial can never be compared."""
+
+
+def run_trials(study: optuna.Study, space: SearchSpace, context: SearchContext,
+               data: DataBundle) -> int:
+    """Claim and train tickets in this process, one after another, until none is left, the
+    budget is reached or time runs out; the number of trials run."""
+    settings = context.settings
+    deadline = time.monotonic() + settings.timeout if settings.timeout else None
+    swept = None  # when this process last swept for stale trials
+    ran = 0
+    while deadline is None or time.monotonic() < deadline:
+        with recording(settings, "claiming a trial"):
+            trials = study.get_trials(deepcopy=False)
+            due = swept is None or time.monotonic() - swept > SWEEP_SECONDS
+            if due:
+                swept, trials = _sweep(study, trials)
+            trial = _claim(study, trials, settings.n_trials)
+            if trial is None and not due:  # no ticket left: unless a dead worker's retry
+                swept, trials = _sweep(study, trials)
+                trial = _claim(study, trials, settings.n_trials)
+        if trial is None:
+            break
+        trials = TrialRun(study, trial, space, context, data, trials).run()
+        ran += 1
+        check_repeated_failure(trials)  # a broken setup stops the search, naming the reason
+    return ran
+
+
+def _sweep(study: optuna.Study, trials: Sequence[FrozenTrial]
+           ) -> tuple[float, Sequence[FrozenTrial]]:
+    """Fail the stale trials among ``trials``; when, and the trials as they are now."""
+    if sweep_stale(study, [t for t in trials if t.state == TrialState.RUNNING]):
+        trials = study.get_trials(deepcopy=False)  # their retry tickets
+    return time.monotonic(), trials
+
+
+def _claim(study: optuna.Study, trials: Sequence[FrozenTrial],
+           n_trials: int) -> optuna.Trial | None:
+    used = sum(t.state != TrialState.WAITING for t in budget_trials(study, trials))
+    return claim_trial(study, retries_only=used >= n_trials, trials=trials)
+
+
+class TrialRun:
+    """One claimed trial in this process: trains it, records how it ended, reports it.
+
+    Keeps a weak reference to the trial's model, to check after the trial that it was freed
+    (:func:`automl.trainer.release_memory`)."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial, space: SearchSpace,
+                 context: SearchContext, data: DataBundle, trials: Sequence[FrozenTrial]):
+        self.study, self.trial, self.space, self.context, self.data = \
+            study, trial, space, context, data
+        self.settings = context.settings
+        self.known = trials  # the study's trials when this one was claimed
+        self.model: weakref.ref | None = None
+
+    def run(self) -> list[FrozenTrial]:
+        """Train, tell the study, export a new best, report; a signal fails the trial and is
+        re-raised. The study's trials after this one ended."""
+        study, trial = self.study, self.trial
+        try:
+            with recording(self.settings, f"running trial {trial.number}"), \
+                    beating(study, trial):
+                try:
+                    state, value = self._train()
+                except KeyboardInterrupt as exc:
+                    name = exc.name if isinstance(exc, Interrupted) else "SIGINT"
+                    trial.set_user_attr("fail_reason", f"interrupted ({name})")
+                    study.tell(trial, state=TrialState.FAIL)
+                    retry_once(study, trial)
+                    raise
+                trials = self._tell(state, value)
+        finally:
+            release_memory(self.context.device, self.model)
+        frozen = next(t for t in trials if t.number == trial.number)
+        new_best = frozen.state == TrialState.COMPLETE and \
+            _best_number(trials, study.direction) == frozen.number
+        if new_best:
+            export_best(study, self.settings.run_dir)
+        self.context.reporter.trial_end(study, frozen, new_best)
+        return trials
+
+    def _tell(self, state: TrialState, value: float | None) -> list[FrozenTrial]:
+        try:
+            self.study.tell(self.trial, value, state=state)
+        except UpdateFinishedTrialError:  # swept as stale by another process meanwhile
+            pass
+        return self.study.get_trials(deepcopy=False)
+
+    def _train(self) -> tuple[TrialState, float | None]:
+        """Sample and train the trial; how it ended: COMPLETE with its value, PRUNED or FAIL
+        (the reason stored as the ``fail_reason`` user attr, a failure's traceback in its log
+        file). A trial that ended before its last epoch says why in ``ended_early``."""
+        trial, settings = self.trial, self.settings
+        recipe = self.space.sample(trial)
+        trial.set_user_attr("recipe", recipe.to_dict())
+        trial.set_user_attr(ENVIRONMENT, environment())  # the versions provenance names
+        self.context.reporter.trial_start(trial, recipe)
+        same = duplicate_of(self.study, trial, self.known)
+        if same is not None:
+            reason = f"same parameters as trial {same}, not trained again"
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr(ENDED_EARLY, reason)
+            return TrialState.PRUNED, None
+        started = time.perf_counter()
+        failure = pm = None
+        try:
+            pm = self.context.training_manager(recipe)
+            history = train(recipe, self.data, pm, device=self.context.device,
+                            on_epoch=self._on_epoch, compile=settings.compile).history
+        except optuna.TrialPruned:
+            return TrialState.PRUNED, None
+        except StorageFailed:
+            raise
+        except (TrainingDiverged, NonFiniteScore) as exc:  # pruned: the values, not the code
+            failure, ended = str(exc), TrialState.PRUNED
+        except Exception as exc:  # the trial fails, the search goes on
+            failure, ended = failure_reason(exc, pm), TrialState.FAIL
+            trace = traceback_text(exc)  # text only: the traceback itself is not kept
+        if failure is not None:  # handled here, not inside `except`: no traceback keeps the
+            trial.set_user_attr("fail_reason", failure)  # trial's tensors alive
+            if ended == TrialState.PRUNED:
+                trial.set_user_attr(ENDED_EARLY, failure)
+            else:
+                log = write_trial_log(settings.run_dir, trial.number, failure, trace)
+                trial.set_user_attr(TRACEBACK_LOG, str(log.resolve()))
+            return ended, None
+        final = history[-1]
+        trial.set_user_attr("metrics", final)
+        trial.set_user_attr("epochs_run", len(history))
+        trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+        trial.set_user_attr("threads", torch.get_num_threads())  # CPU results depend on it
+        return TrialState.COMPLETE, final[settings.metric]
+
+    def _on_epoch(self, state: TrainState, metrics: dict[str, float]) -> None:
+        """After each epoch: report the score, let the pruner judge, record an early end."""
+        raise_if_interrupted()  # a stop signal a library's GC callback swallowed
+        trial, settings = self.trial, self.settings
+        self.model = weakref.ref(state.model)
+        epoch = state.epoch + 1
+        score = metrics[settings.metric]
+        if not math.isfinite(score):  # never reported: a pruner would take inf as the best
+            raise NonFiniteScore(f"{settings.metric} is {score} in epoch {epoch}")
+        trial.report(score, epoch)
+        self.context.reporter.epoch(trial, epoch, state.epochs, metrics)
+        if state.stop_training and epoch < state.epochs:  # a technique ended it: say why
+            why = state.stop_reason or "a technique ended training"
+            trial.set_user_attr(ENDED_EARLY, f"{why} (after epoch {epoch} of {state.epochs})")
+        last = epoch == state.epochs or state.stop_training
+        if not last and trial.should_prune():  # a finished run completes
+            trial.set_user_attr("epochs_run", epoch)
+            trial.set_user_attr(ENDED_EARLY, f"pruned after epoch {epoch} of {state.epochs}: "
+                                             f"behind the other trials there ({settings.pruner})")
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+
+def _best_number(trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection
+                 ) -> int | None:
+    """The number of the best completed trial, as ``Study.best_trial`` names it (the first of
+    equal values), without another storage read."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    if not complete:
+        return None
+    sign = 1 if direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    return max(complete, key=lambda t: (sign * t.value, -t.number)).number
+
+
+def trainer_for(context: SearchContext):
+    """``train_once(recipe) -> (score, epochs)`` for confirmation runs: no pruning, and a
+    failed or diverged run scores NaN."""
+    settings, device = context.settings, context.device
+
+    def train_once(recipe: Recipe) -> tuple[float, int]:
+        try:
+            pm = context.training_manager(recipe)
+            history = train(recipe, load_data(recipe.data), pm, device=device,
+                            compile=settings.compile).history
+            return float(history[-1][settings.metric]), len(history)
+        except Exception:  # the run failed: it counts against its recipe
+            return math.nan, 0
+        finally:
+            release_memory(device)
+
+    return train_once
