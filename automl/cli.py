@@ -104,7 +104,8 @@ def resolve_space_path(space: str) -> Path:
 
 
 def _common_run_options(func):
-    """--out/--storage/--study-name, shared by search, show and export."""
+    """--out and --storage, shared by the commands that open a study (search, show, export,
+    report, dashboard); each adds its own --study-name, whose default differs."""
     func = click.option("--storage", metavar="URL|PATH",
                         help="Optuna RDB URL (sqlite:///x.db, postgresql://...) or journal file; "
                              "default: DIR/study.journal.")(func)
@@ -428,7 +429,11 @@ def _test_class_table(out: Path) -> str:
 @click.argument("name", required=False)
 @click.option("--markdown", is_flag=True, help="Print the catalog as a Markdown table.")
 def techniques(name, markdown):
-    """List every technique with its method card summary and search space (or one in full)."""
+    """List every technique with its method card summary and search space (or one in full).
+
+    Optional techniques are searched on/off; required ones are always on, at their defaults
+    when a space leaves them out.
+    """
     from automl.discovery import technique_catalog
     from automl.technique import describe_parameter, markdown_table
 
@@ -443,7 +448,7 @@ def techniques(name, markdown):
     else:
         selected = catalog
     for tname, cls in selected.items():
-        kind = "optional" if cls.optional else "required"
+        kind = "optional" if cls.optional else "required: always on, at its defaults unless listed"
         click.echo(f"{tname} ({kind}): {cls.summary()}")
         if name:
             click.echo("\n" + cls.card() + "\n")
@@ -454,7 +459,8 @@ def techniques(name, markdown):
 
 @cli.command()
 def plugins():
-    """List loaded plugins, the techniques each provides, and the hooks each implements."""
+    """List loaded plugins, under each the techniques it provides and the hooks each
+    implements, then the plugins left out and why."""
     from automl import hookspecs
     from automl.discovery import (
         discovery_manager,
@@ -462,20 +468,23 @@ def plugins():
         plugin_origin,
         skipped_plugins,
         technique_catalog,
+        technique_sources,
     )
     from automl.hookspecs import TrainingSpecs
 
     pm = discovery_manager()
-    catalog = technique_catalog()
+    catalog, sources = technique_catalog(), technique_sources()
     training_hooks = hook_names(TrainingSpecs)
     for plugin_name, plugin in pm.list_name_plugin():
         hooks = [h.name for h in pm.get_hookcallers(plugin) or []]
         click.echo(f"{plugin_name} ({plugin_origin(plugin_name)}): discovery hooks "
                    f"{', '.join(hooks)}")
-    for tname, cls in catalog.items():
-        hooks = [h for h in training_hooks
-                 if hasattr(getattr(cls, h, None), f"{hookspecs.PROJECT}_impl")]
-        click.echo(f"    {tname:<20} {', '.join(hooks)}")
+        for tname, cls in catalog.items():
+            if sources[tname] != plugin_name:
+                continue
+            hooks = [h for h in training_hooks
+                     if hasattr(getattr(cls, h, None), f"{hookspecs.PROJECT}_impl")]
+            click.echo(f"    {tname:<20} {', '.join(hooks)}")
     for plugin_name, why in skipped_plugins().items():
         click.echo(f"{plugin_name}: not loaded ({why})")
 

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ENTRY_POINT_GROUP", "ALLOW_ENV", "DISABLE_ENV", "dataset_catalog",
            "discovery_manager", "plugin_origin", "skipped_plugins", "technique_catalog",
-           "training_manager", "check_technique_hooks", "hook_names", "hook_order"]
+           "technique_sources", "training_manager", "check_technique_hooks", "hook_names",
+           "hook_order"]
 
 ENTRY_POINT_GROUP = "automl"
 ALLOW_ENV = "AUTOML_PLUGINS"  # comma-separated: only these entry points load
@@ -34,6 +35,7 @@ DISABLE_ENV = "AUTOML_DISABLE_PLUGINS"  # comma-separated: these entry points do
 _ORIGINS: dict[str, str] = {"builtins": "automl-recipes (built-in)",
                             "builtin_datasets": "automl-recipes (built-in)"}
 _SKIPPED: dict[str, str] = {}
+_TECHNIQUE_SOURCES: dict[str, str] = {}  # technique -> plugin, set by technique_catalog
 
 
 @functools.cache
@@ -155,7 +157,15 @@ def technique_catalog() -> dict[str, type[Technique]]:
 
     for impl in pm.hook.register_techniques.get_hookimpls():
         impl.function(register=functools.partial(register, _source=impl.plugin_name))
+    _TECHNIQUE_SOURCES.clear()
+    _TECHNIQUE_SOURCES.update(sources)
     return catalog
+
+
+def technique_sources() -> dict[str, str]:
+    """The plugin (its entry-point name, or ``builtins``) that registered each technique."""
+    technique_catalog()
+    return dict(_TECHNIQUE_SOURCES)
 
 
 @functools.cache

@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from automl.optuna_adapter import set_trial_state, set_trial_system_attr, set_trial_user_attr
 from automl.trial_queue import retry_once
 
-__all__ = ["beating", "sweep_stale", "stale_reason", "pid_space", "BEAT_SECONDS",
+__all__ = ["beating", "sweep_stale", "stale_reason", "pid_space", "this_worker", "BEAT_SECONDS",
            "STALE_SECONDS"]
 
 BEAT_SECONDS = 20.0
@@ -60,7 +60,7 @@ def pid_space() -> str | None:
     return f"{boot} {namespace}" if boot else None
 
 
-def _this_worker() -> dict:
+def this_worker() -> dict:
     """Who runs a trial: pid and start time within its pid space (the hostname is for
     messages)."""
     return {"host": socket.gethostname(), "pid": os.getpid(),
@@ -82,7 +82,7 @@ def _alive(worker: dict) -> bool:
 @contextmanager
 def beating(study: optuna.Study, trial: optuna.Trial):
     """Mark the trial as run by this process and keep its heartbeat going while inside."""
-    set_trial_system_attr(study, trial, WORKER, _this_worker())  # the claim is beat 0
+    set_trial_system_attr(study, trial, WORKER, this_worker())  # the claim is beat 0
     stop = threading.Event()
 
     def beat() -> None:

@@ -7,6 +7,10 @@ of each enabled technique; its hooks receive the trial's :class:`~automl.state.T
 A hook implementation may accept fewer arguments than its spec (pluggy passes only what it
 asks for), so specs can grow without breaking plugins. Misspelled hook names are rejected when
 a plugin is registered (``check_pending``), naming the plugin and the hook.
+
+Within one hook the techniques are called in their own order, never the space file's: pluggy's
+tiers (wrappers around the rest, then ``tryfirst``, plain, ``trylast``) and by technique name
+within a tier (:func:`automl.discovery.training_manager`).
 """
 
 from __future__ import annotations
@@ -59,7 +63,10 @@ class DiscoverySpecs:
 
 
 class TrainingSpecs:
-    """Hooks of a trial's manager, listed in the order the trainer calls them."""
+    """Hooks of a trial's manager, listed in the order the trainer calls them: setup, then per
+    epoch the training hooks, then evaluation of the validation split (``eval_model``,
+    ``eval_batch`` per batch, ``evaluate``), then ``on_validation``. The evaluation hooks run
+    again for the test split after training (``automl train``)."""
 
     @hookspec
     def configure_training(self, state: TrainState) -> None:
@@ -106,7 +113,12 @@ class TrainingSpecs:
 
     @hookspec
     def build_loss(self, state: TrainState) -> None:
-        """Set ``state.loss_fn(logits, targets)``; targets are class indices or soft labels."""
+        """Set an option in ``state.loss_options`` (``label_smoothing``, ``class_weights``,
+        ``focal_gamma``, ``binary``); the core (``trylast``) then builds ``state.loss_fn`` from
+        all of them (:mod:`automl.losses`), so loss techniques combine. A technique that needs
+        another loss altogether may set ``state.loss_fn(logits, targets)`` itself; targets are
+        class indices or soft labels.
+        """
 
     @hookspec
     def on_train_start(self, state: TrainState) -> None:
@@ -159,14 +171,6 @@ class TrainingSpecs:
     def on_epoch_end(self, state: TrainState) -> None:
         """A training epoch ended, before validation."""
 
-    @hookspec
-    def on_validation(self, state: TrainState, metrics: dict[str, float]) -> None:
-        """The epoch's validation ``metrics`` are known (``val/acc1``, ``val/loss``, ...).
-
-        Set ``state.stop_training = True`` to end training after this epoch (early stopping),
-        and ``state.stop_reason`` to say why (the search shows it on the trial's line).
-        """
-
     @hookspec(firstresult=True)
     def eval_model(self, state: TrainState) -> torch.nn.Module:
         """Return the model to evaluate; the first non-None result wins (EMA weights)."""
@@ -178,3 +182,11 @@ class TrainingSpecs:
     @hookspec
     def evaluate(self, state: TrainState, metrics: dict[str, float]) -> dict[str, float]:
         """Return extra metrics to merge into the evaluation result of one split."""
+
+    @hookspec
+    def on_validation(self, state: TrainState, metrics: dict[str, float]) -> None:
+        """The epoch's validation ``metrics`` are known (``val/acc1``, ``val/loss``, ...).
+
+        Set ``state.stop_training = True`` to end training after this epoch (early stopping),
+        and ``state.stop_reason`` to say why (the search shows it on the trial's line).
+        """

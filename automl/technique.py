@@ -93,7 +93,8 @@ class Technique:
     conditions: ClassVar[dict[str, When]] = {}
     #: Hard validity bounds (inclusive) for numeric parameters a user may fix or re-range.
     limits: ClassVar[dict[str, tuple[float | None, float | None]]] = {}
-    #: Optional techniques are searched on/off; required ones are always on.
+    #: Optional techniques are searched on/off; required ones are always on, and a space
+    #: that leaves one out has it at its defaults (fixed), so no trial trains without it.
     optional: ClassVar[bool] = True
     #: Whether the baseline trial uses this technique (optional techniques only).
     default_enabled: ClassVar[bool] = False

@@ -7,6 +7,7 @@ manager for one test), and through an installed plugin in tests/test_dataset_plu
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
 import struct
@@ -15,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
 from automl import data
+from automl.cli import cli
 from automl.data import (
     DataBundle,
     Split,
@@ -159,7 +162,7 @@ def test_available_datasets_sorted():
 
 
 class ToyDatasets:
-    """A plugin with two datasets: ``toy`` (20 images, 2 classes; loads counted) and
+    """A plugin with two datasets: ``toy`` (40 images of 16x16, 2 classes; loads counted) and
     ``toy_noisy``, which reads a key of its own and requires it."""
 
     def __init__(self):
@@ -167,8 +170,8 @@ class ToyDatasets:
 
     def load(self, settings):
         self.loads.append((settings["dataset"], settings.get("noise")))
-        images = torch.arange(20 * 3 * 4 * 4, dtype=torch.int64).remainder(256)
-        full = Split(images.to(torch.uint8).reshape(20, 3, 4, 4), torch.arange(20) % 2)
+        images = torch.arange(40 * 3 * 16 * 16, dtype=torch.int64).remainder(251)
+        full = Split(images.to(torch.uint8).reshape(40, 3, 16, 16), torch.arange(40) % 2)
         return full, full, ["even", "odd"]
 
     def locate(self, settings):
@@ -203,12 +206,26 @@ def test_a_plugin_dataset_loads_by_name_once_per_source(add_plugin):
     bundle = load_data({"dataset": "toy", "split_seed": 1})
     load_data({"dataset": "toy", "split_seed": 2, "batch_size": 8})  # new val cut, same source
     assert toy.loads == [("toy", None)]
-    assert (bundle.num_classes, bundle.in_chans, bundle.image_size) == (2, 3, 4)
+    assert (bundle.num_classes, bundle.in_chans, bundle.image_size) == (2, 3, 16)
     assert len(bundle.mean) == len(bundle.std) == 3
     load_data({"dataset": "toy_noisy", "noise": 1})
     load_data({"dataset": "toy_noisy", "noise": 1, "split_seed": 3})
     load_data({"dataset": "toy_noisy", "noise": 2})  # a key it reads: loaded again
     assert toy.loads[1:] == [("toy_noisy", 1), ("toy_noisy", 2)]
+
+
+def test_automl_train_trains_on_a_plugin_dataset_by_name(add_plugin, tmp_path):
+    toy = ToyDatasets()
+    add_plugin(toy, "toy_plugin")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: automl_resnet8\ndata: {dataset: toy, batch_size: 16}\nepochs: 1\n"
+                      "techniques: {optimizer: {name: sgd, lr: 0.05}}\n")
+    result = CliRunner().invoke(cli, ["train", str(recipe), "--out", str(tmp_path / "run"),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["dataset"] == "toy" and metrics["test_evaluations"] == 1
+    assert toy.loads == [("toy", None)]
 
 
 def test_check_data_locates_the_files_without_loading(add_plugin, tmp_path):

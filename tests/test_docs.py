@@ -1,20 +1,37 @@
 """The docs tell the truth: every hook documented, the README's commands are the ones CI runs."""
 
+import dataclasses
+import inspect
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from automl.plugins import BUILTIN_TECHNIQUES
 
 from automl import hookspecs
-from automl.discovery import hook_names, technique_catalog
+from automl.discovery import hook_names, technique_catalog, training_manager
+from automl.recipe import Recipe
+from automl.state import TrainState
 from automl.technique import markdown_table
+from automl.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_DOC = (ROOT / "docs" / "plugins.md").read_text()
 README = (ROOT / "README.md").read_text()
 ALL_HOOKS = hook_names(hookspecs.DiscoverySpecs) + hook_names(hookspecs.TrainingSpecs)
+# `#### name(arg, arg) -> result  (first result wins)`: one hook's section in docs/plugins.md
+HOOK_HEADING = re.compile(r"^#### (\w+)\(([^)]*)\)(.*)$", re.M)
+SCRIPT = Path(sys.executable).parent / "automl"
+AUTOML = str(SCRIPT) if SCRIPT.exists() else shutil.which("automl")
+
+
+def _spec(hook: str):
+    return getattr(hookspecs.DiscoverySpecs, hook, None) or getattr(hookspecs.TrainingSpecs, hook)
 
 
 @pytest.mark.parametrize("hook", ALL_HOOKS)
@@ -24,9 +41,45 @@ def test_every_hookspec_has_a_docstring_and_a_doc_section(hook):
     assert re.search(rf"^#### {hook}\(", PLUGIN_DOC, re.M), f"docs/plugins.md lacks {hook}"
 
 
-def test_doc_sections_name_only_real_hooks():
-    documented = re.findall(r"^#### (\w+)\(", PLUGIN_DOC, re.M)
-    assert sorted(documented) == sorted(ALL_HOOKS)
+def test_doc_sections_name_only_real_hooks_in_the_order_of_the_specs():
+    documented = [name for name, _, _ in HOOK_HEADING.findall(PLUGIN_DOC)]
+    assert documented == ALL_HOOKS
+
+
+@pytest.mark.parametrize(("hook", "arguments", "rest"), HOOK_HEADING.findall(PLUGIN_DOC))
+def test_each_documented_signature_is_the_hookspec_signature(hook, arguments, rest):
+    spec = _spec(hook)
+    assert [a.strip() for a in arguments.split(",") if a.strip()] == \
+        [p for p in inspect.signature(spec).parameters if p != "self"]
+    firstresult = getattr(spec, f"{hookspecs.PROJECT}_spec")["firstresult"]
+    assert ("(first result wins)" in rest) == firstresult, rest
+
+
+def test_the_specs_list_the_training_hooks_in_the_order_the_trainer_calls_them(data):
+    """Each hook's first call during one real training (one step, one validation)."""
+    calls = []
+
+    def recording(name):
+        @hookspecs.hookimpl
+        def hook(self, state):
+            calls.append(name)
+        return hook
+
+    hooks = hook_names(hookspecs.TrainingSpecs)
+    recorder = type("Recorder", (), {name: recording(name) for name in hooks})()
+    recipe = Recipe(model="automl_resnet8", epochs=1, data={"dataset": "digits", "batch_size": 32},
+                    techniques={"optimizer": {}, "lr_schedule": {}})
+    pm = training_manager(recipe, extra_plugins=[recorder])
+    train(recipe, data, pm, device=torch.device("cpu"), max_steps=1)
+    assert list(dict.fromkeys(calls)) == hooks
+
+
+def test_the_documented_state_fields_are_the_train_state_fields():
+    intro = PLUGIN_DOC.split("## The hooks", 1)[1].split("### Discovery hooks", 1)[0]
+    documented = set(re.findall(r"`(\w+)", intro))
+    public = {f.name for f in dataclasses.fields(TrainState)} | \
+        {name for name in vars(TrainState) if not name.startswith("_")}
+    assert sorted(public - documented) == [], "docs/plugins.md's state list lacks these"
 
 
 def test_readme_technique_table_is_generated_from_the_catalog():
@@ -52,6 +105,19 @@ def test_ci_runs_the_readme_test_command():
     assert "<!-- test-command -->" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_search_command_runs_the_default_search():
+def test_readme_search_command_runs_the_default_search(tmp_path):
+    """The README's search command, its install steps left out and the budget cut to two
+    trials: the default space searches and leaves its best recipe."""
     command = re.search(r"<!-- search-command -->\n```bash\n(.+)\n```", README).group(1)
-    assert command.endswith("automl search") and "pip install" in command
+    *install, search = [part.strip() for part in command.split("&&")]
+    assert any("pip install" in part for part in install)
+    program, *arguments = search.split()
+    assert program == ".venv/bin/automl" and arguments[0] == "search", search
+    assert AUTOML, "the automl console script is not installed"
+    proc = subprocess.run([AUTOML, *arguments, "--n-trials", "2", "--out", "RUN"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "study 'default'" in proc.stdout + proc.stderr
+    assert len(re.findall(r"^trial\s+\d+\s+(?:done|pruned)\s", proc.stdout, re.M)) == 2
+    best = yaml.safe_load((tmp_path / "RUN" / "best_recipe.yaml").read_text())
+    assert best["model"] == "automl_resnet8" and best["data"]["dataset"] == "digits"

@@ -197,18 +197,22 @@ def test_on_cuda_no_training_step_synchronises(data, weights, name):
     """Steps 2 and 3 run whole (next batch, hooks, forward, backward, optimizer step) under
     ``set_sync_debug_mode("error")``; step 1 warms up (the policies' magnitude tables are
     copied to the device once per image size). The epoch's end reads the loss, so the mode
-    goes back before it."""
+    goes back before it; evaluation's per-batch hook runs under it too."""
     recipe = _recipe([name], weights)
     pm = training_manager(recipe)
     state = prepare(recipe, data, pm, torch.device("cuda"))
 
     def before(hook_name, _impls, _kwargs):
-        if hook_name == "augment_batch" and state.step >= 1:
+        if (hook_name == "augment_batch" and state.step >= 1) or hook_name == "eval_batch":
             torch.cuda.set_sync_debug_mode("error")
         elif hook_name == "on_epoch_end":
             torch.cuda.set_sync_debug_mode("default")
 
-    undo = pm.add_hookcall_monitoring(before, lambda *_: None)
+    def after(_outcome, hook_name, _impls, _kwargs):
+        if hook_name == "eval_batch":
+            torch.cuda.set_sync_debug_mode("default")
+
+    undo = pm.add_hookcall_monitoring(before, after)
     try:
         fit(state, pm, max_steps=3)
     finally:

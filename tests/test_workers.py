@@ -87,7 +87,7 @@ class StampDir:
     def __init__(self, directory: Path):
         self.directory = directory
 
-    @hookimpl
+    @hookimpl(tryfirst=True)
     def on_train_start(self, state):
         state.extras["stamp_dir"] = str(self.directory)
         (self.directory / f"plugin-{os.getpid()}-{uuid.uuid4().hex}").touch()
