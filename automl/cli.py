@@ -199,6 +199,8 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
     path = resolve_space_path(space)
     name = check_study_name(study_name or path.stem)
     parsed = load_space(path, technique_catalog())
+    if parsed.unlisted_note():
+        click.echo(parsed.unlisted_note())
     _apply_data_options(parsed.data, data_dir, download)
     settings = SearchSettings.from_space(
         parsed, study_name=name, run_dir=out or Path("runs") / name, storage=storage,

@@ -172,6 +172,15 @@ class SearchSpace:
         return Recipe(model=self.model, data=dict(self.data), epochs=self.epochs,
                       seed=self.seed, techniques=chosen)
 
+    def unlisted_note(self) -> str | None:
+        """One line naming the required techniques the file leaves out, with the defaults
+        they run at (None when it lists them all): said, not silently assumed."""
+        left = [t for t in self.techniques.values() if not t.listed]
+        if not left:
+            return None
+        return "not listed, so at their defaults (required): " + " ".join(
+            f"{t.name}({', '.join(f'{k}={v}' for k, v in t.params.items())})" for t in left)
+
     def definition(self) -> dict[str, str]:
         """What makes trials of this space comparable, as flat strings: model, data (without
         where the files live), epochs, seed, every technique's parameters and ranges (the

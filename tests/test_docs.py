@@ -67,8 +67,8 @@ def test_the_specs_list_the_training_hooks_in_the_order_the_trainer_calls_them(d
 
     hooks = hook_names(hookspecs.TrainingSpecs)
     recorder = type("Recorder", (), {name: recording(name) for name in hooks})()
-    recipe = Recipe(model="automl_resnet8", epochs=1, data={"dataset": "digits", "batch_size": 32},
-                    techniques={"optimizer": {}, "lr_schedule": {}})
+    recipe = Recipe(model="automl_resnet8", epochs=1, techniques={"optimizer": {}},
+                    data={"dataset": "digits", "batch_size": 32})
     pm = training_manager(recipe, extra_plugins=[recorder])
     train(recipe, data, pm, device=torch.device("cpu"), max_steps=1)
     assert list(dict.fromkeys(calls)) == hooks
@@ -121,3 +121,9 @@ def test_readme_search_command_runs_the_default_search(tmp_path):
     assert len(re.findall(r"^trial\s+\d+\s+(?:done|pruned)\s", proc.stdout, re.M)) == 2
     best = yaml.safe_load((tmp_path / "RUN" / "best_recipe.yaml").read_text())
     assert best["model"] == "automl_resnet8" and best["data"]["dataset"] == "digits"
+
+
+def test_readme_counts_the_lines_of_the_guides_pyproject():
+    block = re.search(r"^```toml\n(.*?)^```$", PLUGIN_DOC, re.S | re.M).group(1)
+    count = re.search(r"packaging in a (\d+)-line\s+`pyproject.toml`", README)
+    assert count and int(count.group(1)) == len(block.splitlines())

@@ -47,6 +47,9 @@ def test_a_space_that_leaves_them_out_has_them_at_their_defaults(tmp_path):
     assert space.techniques["lr_schedule"].params == {"schedule": "cosine", "warmup": 0.0,
                                                       "warmup_shape": "linear"}
     assert space.techniques["flip"].listed and space.free_keys() == []
+    assert space.unlisted_note() == (  # what `automl search` prints
+        "not listed, so at their defaults (required): lr_schedule(schedule=cosine, "
+        "warmup=0.0, warmup_shape=linear) optimizer(name=sgd, lr=0.05)")
 
 
 def test_leaving_them_out_is_the_same_study_as_writing_their_defaults(tmp_path):

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -27,42 +28,47 @@ SCRIPT = Path(sys.executable).parent / "automl"
 AUTOML = str(SCRIPT) if SCRIPT.exists() else shutil.which("automl")
 LOG_ENV = "AUTOML_TEST_PLUGIN_LOG"  # where the plugins below log their hook calls
 
-# The plugin guide's example technique (docs/plugins.md), plus a log line per epoch so the test
-# can see that the hook really ran inside each trial, with that trial's parameters.
-INPUT_NOISE = '''
-import json
-import os
-
-import torch
-from optuna.distributions import FloatDistribution
-
-from automl import Technique, hookimpl
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_GUIDE = (ROOT / "docs" / "plugins.md").read_text()
 
 
-class InputNoise(Technique):
-    """Input noise: add Gaussian noise to each normalised training batch.
+def _guide_block(language: str, first_line: str) -> str:
+    """The code block of docs/plugins.md in ``language`` whose first line is ``first_line``."""
+    for block in re.findall(rf"^```{language}\n(.*?)^```$", PLUGIN_GUIDE, re.S | re.M):
+        if block.startswith(first_line):
+            return block
+    raise AssertionError(f"docs/plugins.md has no {language} block starting {first_line!r}")
 
-    Helps: small datasets where the model memorises pixel-exact inputs.
-    Suggested: std 0.05-0.1.
-    Source: Bishop, "Training with noise is equivalent to Tikhonov regularization" (1995).
-    """
 
-    name = "input_noise"
-    space = {"std": FloatDistribution(0.0, 0.2)}
-    defaults = {"std": 0.05}
-    limits = {"std": (0.0, None)}
+# The plugin guide's own example, as the guide prints it: the technique and its pyproject.toml.
+GUIDE_TECHNIQUE = _guide_block("python", "# my_technique.py")
+GUIDE_PYPROJECT = tomllib.loads(_guide_block("toml", "[build-system]"))
 
-    @hookimpl
-    def on_batch(self, state):
-        noise = torch.randn(state.images.shape, device=state.device, generator=state.generator)
-        state.images = state.images + self.params["std"] * noise
-        state.extras["input_noise_batches"] = state.extras.get("input_noise_batches", 0) + 1
+# Appended to the guide's module here: each epoch logs the batches its hook saw and its
+# parameter, so the test can see that the hook ran inside each trial, with that trial's values.
+EPOCH_LOG = '''
 
-    @hookimpl
-    def on_epoch_end(self, state):
-        with open(os.environ["AUTOML_TEST_PLUGIN_LOG"], "a") as log:
-            log.write(json.dumps({"technique": self.name, "std": self.params["std"],
-                                  "batches": state.extras.get("input_noise_batches", 0)}) + "\\n")
+import json as _json
+import os as _os
+
+_guide_on_batch = InputNoise.on_batch
+
+
+@hookimpl
+def _counted_on_batch(self, state):
+    _guide_on_batch(self, state)
+    state.extras["input_noise_batches"] = state.extras.get("input_noise_batches", 0) + 1
+
+
+@hookimpl
+def _logged_on_epoch_end(self, state):
+    with open(_os.environ["AUTOML_TEST_PLUGIN_LOG"], "a") as log:
+        log.write(_json.dumps({"technique": self.name, "std": self.params["std"],
+                               "batches": state.extras.get("input_noise_batches", 0)}) + "\\n")
+
+
+InputNoise.on_batch = _counted_on_batch
+InputNoise.on_epoch_end = _logged_on_epoch_end
 '''
 
 # A package-style plugin: the entry point names a module implementing register_techniques.
@@ -153,6 +159,15 @@ def install(site: Path, dist: str, version: str, module: str, source: str,
     (info / "RECORD").write_text("")
 
 
+def install_guide_example(site: Path, source: str) -> None:
+    """Install ``source`` as the guide's pyproject.toml packages its module: the same
+    distribution name, version, module and entry points."""
+    project = GUIDE_PYPROJECT["project"]
+    (module,) = GUIDE_PYPROJECT["tool"]["setuptools"]["py-modules"]
+    install(site, project["name"], project["version"], module, source,
+            project["entry-points"]["automl"])
+
+
 def environment(site: Path, log: Path | None = None) -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(site))
     if log is not None:
@@ -187,8 +202,7 @@ def good_site(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("third_party")
     site = root / "site"
-    install(site, "my_technique", "0.1", "my_technique", INPUT_NOISE,
-            {"input_noise": "my_technique:InputNoise"})
+    install_guide_example(site, GUIDE_TECHNIQUE + EPOCH_LOG)
     install(site, "automl-extras", "0.2", "automl_extras", GRAD_NOISE,
             {"extras": "automl_extras"})
     install(site, "automl-hello", "0.3", "automl_hello", HELLO_COMMAND,
@@ -223,7 +237,7 @@ def test_techniques_lists_the_installed_techniques(good_site):
     assert re.search(r"^\s+scale\s+\[0\.0001, 0\.01\] log\s+default 0\.001$", out, re.M), out
     assert re.search(r"^mixup \(optional\)", out, re.M)  # the built-ins are still there
     card = _ok(results["card"])
-    assert "Source: Bishop" in card and "Suggested: std 0.05-0.1." in card
+    assert "Source: Bishop" in card and "Suggested: std 0.05–0.1." in card
     assert "grad_noise" not in card
 
 
@@ -237,12 +251,24 @@ def test_plugins_lists_each_plugin_and_the_hooks_of_its_technique(good_site):
         assert re.search(rf"^{plugin} \(.*\): discovery hooks {hooks}$", out, re.M), out
     assert re.search(r"^\s+input_noise\s+on_batch, on_epoch_end$", out, re.M), out
     assert re.search(r"^\s+grad_noise\s+after_backward, on_epoch_end$", out, re.M), out
+    # each technique is listed under the plugin that registered it
+    groups: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if line.startswith(" "):
+            groups[plugin].append(line.split()[0])
+        else:
+            plugin = line.split()[0].rstrip(":")
+            groups[plugin] = []
+    assert groups["input_noise"] == ["input_noise"], out
+    assert groups["extras"] == ["grad_noise"], out
+    assert groups["hello"] == [] and groups["builtin_datasets"] == [], out
+    assert {"optimizer", "mixup"} <= set(groups["builtins"]), out
 
 
 def test_plugins_names_the_distribution_of_each_plugin(good_site):
     _, results = good_site
     out = _ok(results["plugins"])
-    assert re.search(r"^input_noise \(my_technique 0\.1\)", out, re.M), out
+    assert re.search(r"^input_noise \(automl-input-noise 0\.1\.0\)", out, re.M), out
     assert re.search(r"^extras \(automl-extras 0\.2\)", out, re.M), out
     assert re.search(r"^hello \(automl-hello 0\.3\)", out, re.M), out
 
@@ -294,10 +320,9 @@ def test_search_uses_both_third_party_techniques_in_every_trial(good_site):
 
 def test_misspelled_hook_stops_search_before_anything_is_written(tmp_path):
     site = tmp_path / "site"
-    misspelled = INPUT_NOISE.replace("def on_batch(", "def on_btach(")
+    misspelled = GUIDE_TECHNIQUE.replace("def on_batch(", "def on_btach(")
     assert "on_btach" in misspelled
-    install(site, "my_technique", "0.1", "my_technique", misspelled,
-            {"input_noise": "my_technique:InputNoise"})
+    install_guide_example(site, misspelled)
     (tmp_path / "space.yaml").write_text(SPACE.replace("  grad_noise: {enabled: true}\n", ""))
     result = run(["search", "space.yaml", "--out", "RUN"], tmp_path,
                  environment(site, tmp_path / "hooks.jsonl"))

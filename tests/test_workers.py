@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import uuid
 import weakref
 from pathlib import Path
@@ -14,6 +15,7 @@ from optuna.trial import TrialState
 
 from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
+from automl.heartbeat import WORKER
 from automl.hookspecs import hookimpl
 from automl.report import SilentReporter
 from automl.search import BEST_RECIPE, Plugins, SearchSettings, run_search
@@ -53,13 +55,34 @@ def _settings(space, tmp_path: Path, **extra) -> SearchSettings:
                                      device="cpu", **extra)
 
 
-def test_jobs_split_the_trials_between_processes_on_one_study(tmp_path):
+class UntilTwoProcessesTrain:
+    """Holds a process's first trial until another process has started one too (at most a
+    minute), so a worker that starts slowly on a busy machine still gets trials to run."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    @hookimpl
+    def on_train_start(self, state):
+        (self.directory / str(os.getpid())).touch()
+        deadline = time.monotonic() + 60
+        while len(list(self.directory.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def test_jobs_run_the_trials_in_several_processes_on_one_study(tmp_path):
     space = _space(tmp_path)
-    study = run_search(space, _settings(space, tmp_path, jobs=2), RecordingReporter())
+    started = tmp_path / "started"
+    started.mkdir()
+    study = run_search(space, _settings(space, tmp_path, jobs=2), RecordingReporter(),
+                       plugins=Plugins(extra=(UntilTwoProcessesTrain(started),)))
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     params = [tuple(sorted(t.params.items())) for t in trials]
     assert len(set(params)) == 4, "two workers drew the same trials"
+    # the heartbeat's record of the process that ran each trial: two workers, not this one
+    pids = {t.system_attrs[WORKER]["pid"] for t in trials}
+    assert len(pids) == 2 and os.getpid() not in pids, pids
     best = load_recipe(tmp_path / "run" / BEST_RECIPE, technique_catalog())
     assert best.provenance["trial"] == study.best_trial.number
     assert dataclasses.replace(best, provenance=None).to_dict() == \
