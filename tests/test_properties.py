@@ -47,13 +47,19 @@ TRICKY_TEXT = ["1e3", "1E-5", "+1e2", "1_000e3", "1.0", ".5", "0x1F", "0o17", "1
                ".NaN", "._", "2001-12-14", "1:20"]
 
 
-def _typed(dist: BaseDistribution, value: Any) -> Any:
-    """What the space must hand a technique: an int parameter an int, a float one a float."""
-    if isinstance(dist, IntDistribution):
-        return int(value)
-    if isinstance(dist, FloatDistribution):
-        return float(value)
-    return value
+# The Python type a technique receives for a parameter of each kind (a choice: as written).
+PYTHON_TYPE = {IntDistribution: int, FloatDistribution: float}
+
+
+def _as_technique_gets(dist: BaseDistribution, value: Any, written: Any) -> bool:
+    """Whether ``value`` is ``written`` as a technique must receive it: the parameter's own
+    type (``2.0`` written for an int parameter arrives as the int 2, ``1`` for a float one as
+    1.0), the same number (a float to the nearest float), a choice exactly as written."""
+    if type(value) is not PYTHON_TYPE.get(type(dist), type(written)):
+        return False
+    if isinstance(value, float) and isinstance(written, int):
+        return value == pytest.approx(written, rel=2**-52)  # an int beyond 2**53 rounds
+    return value == written
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -103,7 +109,7 @@ def _distribution(draw, cls: type[Technique], param: str) -> dict[str, Any]:
     choices = _fixed_value(cls, param)
     if isinstance(dist, CategoricalDistribution) or draw(st.booleans()):
         picked = draw(st.lists(choices, min_size=1, max_size=4,
-                               unique_by=lambda v: _typed(dist, v)))  # as the space sees them
+                               unique_by=lambda v: v))  # 2 and 2.0 are one choice
         return {"type": "categorical", "choices": picked}
     if isinstance(dist, IntDistribution):
         low, high = _int_limits(cls, param)
@@ -215,10 +221,11 @@ def _check_sampled(space: SearchSpace, written: dict, fixed: dict, recipe: Recip
             if isinstance(searched, When):
                 searched = searched.case(values[searched.on])
             if param in fixed[name]:
-                assert _same(value, _typed(dist, fixed[name][param])), (name, param, value)
+                assert _as_technique_gets(dist, value, fixed[name][param]), (name, param, value)
             elif isinstance(searched, BaseDistribution):
                 assert contains(searched, value), (name, param, value)
-                assert type(value) is type(_typed(dist, value)), (name, param, value)
+                assert type(value) is PYTHON_TYPE.get(type(dist), type(value)), \
+                    (name, param, value)
             else:
                 assert _same(value, searched), (name, param, value)
 

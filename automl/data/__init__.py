@@ -43,6 +43,7 @@ _HOMES = {
     "with_fewer_samples": "variants", "with_validation_in_train": "variants",
     "DEBIAN_FASHION_DIR": "idx", "FASHION_CLASSES": "idx",
 }
+#: The old module's private names that inference.py and bench/ still import.
 _RENAMED = {"_scan_classes": ("folder", "scan_classes"), "_read_idx": ("idx", "read_idx")}
 
 

@@ -31,11 +31,13 @@ _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 @dataclass(frozen=True)
 class Dataset:
+    """One entry of :func:`automl.discovery.dataset_catalog`."""
+
     name: str
     load: Loader
-    #: The ``data:`` keys the loader reads besides the shared ones: they become valid in a space,
-    #: and the in-process cache loads again only when one of them changes. ``None``: unknown,
-    #: so every key counts for the cache and none is added.
+    #: The ``data:`` keys the loader reads (``data_dir``, or keys of its own, which become valid
+    #: in a space); the in-process cache loads again only when one of them changes. ``None``:
+    #: unknown, so every key counts for the cache and none becomes valid.
     reads: tuple[str, ...] | None = None
     requires: tuple[str, ...] = ()  # keys a space must set (the folder dataset's ``path``)
     locate: Locator | None = None  # None: nothing to find (the data ships with the code)
