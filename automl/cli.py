@@ -11,7 +11,7 @@ import click
 
 from automl.discovery import ALLOW_ENV, DISABLE_ENV
 from automl.errors import UserError
-from automl.paths import check_study_name
+from automl.paths import RUNS, check_study_name
 from automl.search_algorithms import PRUNERS, SAMPLERS
 
 SPACES_PACKAGE = "automl.search_spaces"
@@ -203,7 +203,7 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
         click.echo(parsed.unlisted_note())
     _apply_data_options(parsed.data, data_dir, download)
     settings = SearchSettings.from_space(
-        parsed, study_name=name, run_dir=out or Path("runs") / name, storage=storage,
+        parsed, study_name=name, run_dir=out or RUNS / name, storage=storage,
         device=device, jobs=jobs, gpus=gpus, compile=compile, log=parse_targets(log),
         n_trials=n_trials,
         timeout=timeout, seed=seed, sampler=sampler, pruner=pruner,
@@ -386,7 +386,7 @@ def train(recipe, out, device, seed, train_fraction, include_val, overwrite, com
     show_warnings()
     parsed = load_recipe(recipe, technique_catalog())
     _apply_data_options(parsed.data, data_dir, download)
-    out = out or Path("runs") / f"train-{recipe.stem}"
+    out = out or RUNS / f"train-{recipe.stem}"
     tracking = track_training(parse_targets(log), out, parsed)
     searched_fraction = parsed.data.get("train_fraction", 1)
     if train_fraction is None and searched_fraction < 1:

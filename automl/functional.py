@@ -1,4 +1,5 @@
-"""Small helpers shared by several techniques (and the core): tensors, and the LR scaling rule.
+"""Small helpers shared by several techniques (and the core): tensors, module surgery, and the
+LR scaling rule.
 
 torch is imported inside the tensor helpers, so a technique module can import this one while
 ``automl techniques`` and ``--help`` still start without torch.
@@ -7,6 +8,7 @@ torch is imported inside the tensor helpers, so a technique module can import th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -57,6 +59,17 @@ def resize(images: torch.Tensor, size: int) -> torch.Tensor:
 #: LR multiplier for a batch ``ratio`` times the reference batch, by rule: linear (Goyal et
 #: al., 2017), square root (Krizhevsky, 2014; Hoffer et al., 2017) or none.
 LR_SCALING_RULES = {"linear": lambda ratio: ratio, "sqrt": math.sqrt, "none": lambda ratio: 1.0}
+
+
+def replace_modules(model: torch.nn.Module, wanted: Callable[[torch.nn.Module], bool],
+                    replacement: Callable[[torch.nn.Module], torch.nn.Module]) -> int:
+    """Swap, in place, every submodule of ``model`` that ``wanted`` accepts for
+    ``replacement(module)``; how many. Module surgery (batch norm to ghost or group norm)."""
+    targets = [(name, m) for name, m in model.named_modules() if name and wanted(m)]
+    for name, module in targets:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, replacement(module))
+    return len(targets)
 
 
 def lr_scale(rule: str, batch: int, reference: int) -> float:

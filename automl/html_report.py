@@ -47,8 +47,8 @@ def require_report_extra() -> None:
 def report_path(study_name: str, out: Path | None, storage: str | None) -> Path:
     """Where the page goes by default: the run folder's ``report/report.html`` (the run
     folder is ``--out``, else the journal file's folder, else ``runs/STUDY_NAME``)."""
+    from automl.paths import RUNS
     from automl.storage import is_rdb_url
-    from automl.study_select import RUNS
 
     if out is not None:
         run_dir = out

@@ -9,7 +9,7 @@ private (``Study._storage``, ``Study._study_id``, ``FrozenStudy._study_id``,
 it in any release, so no other module names it. pyproject.toml pins the Optuna major version
 this module was written for (``WRITTEN_FOR``); tests/test_optuna_adapter.py is its contract on
 journal, SQLite and PostgreSQL storages and fails first when an upgrade changes what it relies
-on, and it greps automl/, plugins/ and bench/ for ``PRIVATE_NAMES`` outside this module.
+on, and it greps automl/, plugins/ and bench/ for Optuna's private names outside this module.
 """
 
 from __future__ import annotations

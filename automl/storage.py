@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from automl.errors import UserError, exception_line
+from automl.paths import JOURNAL
 
 __all__ = ["open_storage", "shown_storage", "StorageFailed", "storage_failure", "is_rdb_url",
            "STORAGE_ERRORS"]
@@ -71,7 +72,7 @@ def open_storage(storage: str | None, run_dir: Path) -> optuna.storages.BaseStor
     """``postgresql://…``/``sqlite:///…`` open an RDB; anything else is a journal file path."""
     if is_rdb_url(storage):
         return _open_rdb(storage)
-    path = Path(storage) if storage else run_dir / "study.journal"
+    path = Path(storage) if storage else run_dir / JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = JournalFileSymlinkLock(str(path))
     backend = JournalFileBackend(str(path), lock_obj=lock)

@@ -23,7 +23,7 @@ from automl.provenance import with_provenance
 from automl.recipe import Recipe
 from automl.search_algorithms import make_pruner, make_sampler
 from automl.search_settings import SearchSettings
-from automl.space import SearchSpace
+from automl.space import SearchSpace, definition_difference
 from automl.storage import STORAGE_ERRORS, is_rdb_url, open_storage, storage_failure
 from automl.trial_queue import plan_trials, wait_for_plan
 from automl.warm_start import warm_start_params
@@ -128,16 +128,10 @@ def check_same_study(study: optuna.Study, space: SearchSpace,
     stored = study.user_attrs.get("space_definition")
     if stored is None:
         return
-    current = space.definition()
-    for key in sorted(stored.keys() | current.keys()):
-        if stored.get(key) != current.get(key):
-            raise UserError(
-                f"study '{settings.study_name}' was run with another space: {key} was "
-                f"{_shown(stored.get(key))}, now {_shown(current.get(key))}; {hint}")
-
-
-def _shown(value: str | None) -> str:
-    return "absent" if value is None else value
+    difference = definition_difference(stored, space.definition())
+    if difference:
+        raise UserError(f"study '{settings.study_name}' was run with another space: "
+                        f"{difference}; {hint}")
 
 
 def trial_recipe(trial: FrozenTrial) -> Recipe:

@@ -18,13 +18,11 @@ import optuna
 
 from automl.errors import UserError
 from automl.optuna_adapter import study_id
-from automl.paths import check_study_name
+from automl.paths import JOURNAL, RUNS, check_study_name
 from automl.storage import is_rdb_url, open_storage, shown_storage
 
 __all__ = ["RUNS", "select_study", "open_study", "journal_path", "storage_text"]
 
-RUNS = Path("runs")  # where run folders go without --out
-JOURNAL = "study.journal"
 _NO_STUDY_HINT = "run `automl search` first, or pass --out DIR / --storage URL|PATH"
 
 

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import optuna
 import torch
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from automl.data import DataBundle, load_data
@@ -32,6 +31,7 @@ from automl.failures import (
 )
 from automl.heartbeat import BEAT_SECONDS, beating, sweep_stale
 from automl.interrupts import Interrupted, raise_if_interrupted
+from automl.late_results import TrialWrites, result_holder
 from automl.provenance import ENVIRONMENT, environment
 from automl.recipe import Recipe
 from automl.search_context import SearchContext
@@ -108,6 +108,7 @@ class TrialRun:
         self.settings = context.settings
         self.known = trials  # the study's trials when this one was claimed
         self.model: weakref.ref | None = None
+        self.writes = TrialWrites(study, trial)  # a sweep by another process loses nothing
 
     def run(self) -> list[FrozenTrial]:
         """Train, tell the study, export a new best, report; a signal fails the trial and is
@@ -120,14 +121,14 @@ class TrialRun:
                     state, value = self._train()
                 except KeyboardInterrupt as exc:
                     name = exc.name if isinstance(exc, Interrupted) else "SIGINT"
-                    trial.set_user_attr("fail_reason", f"interrupted ({name})")
-                    study.tell(trial, state=TrialState.FAIL)
+                    self.writes.set_user_attr("fail_reason", f"interrupted ({name})")
+                    self.writes.tell(TrialState.FAIL)
                     retry_once(study, trial)
                     raise
                 trials = self._tell(state, value)
         finally:
             release_memory(self.context.device, self.model)
-        frozen = next(t for t in trials if t.number == trial.number)
+        frozen = result_holder(trials, trial.number)  # a new trial when it was swept
         new_best = frozen.state == TrialState.COMPLETE and \
             _best_number(trials, study.direction) == frozen.number
         if new_best:
@@ -136,10 +137,7 @@ class TrialRun:
         return trials
 
     def _tell(self, state: TrialState, value: float | None) -> list[FrozenTrial]:
-        try:
-            self.study.tell(self.trial, value, state=state)
-        except UpdateFinishedTrialError:  # swept as stale by another process meanwhile
-            pass
+        self.writes.tell(state, value)  # swept meanwhile: the result is kept as a new trial
         return self.study.get_trials(deepcopy=False)
 
     def _train(self) -> tuple[TrialState, float | None]:
@@ -148,14 +146,14 @@ class TrialRun:
         file). A trial that ended before its last epoch says why in ``ended_early``."""
         trial, settings = self.trial, self.settings
         recipe = self.space.sample(trial)
-        trial.set_user_attr("recipe", recipe.to_dict())
-        trial.set_user_attr(ENVIRONMENT, environment())  # the versions provenance names
+        self.writes.set_user_attr("recipe", recipe.to_dict())
+        self.writes.set_user_attr(ENVIRONMENT, environment())  # the versions provenance names
         self.context.reporter.trial_start(trial, recipe)
         same = duplicate_of(self.study, trial, self.known)
         if same is not None:
             reason = f"same parameters as trial {same}, not trained again"
-            trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr(ENDED_EARLY, reason)
+            self.writes.set_user_attr("fail_reason", reason)
+            self.writes.set_user_attr(ENDED_EARLY, reason)
             return TrialState.PRUNED, None
         started = time.perf_counter()
         failure = pm = None
@@ -173,18 +171,18 @@ class TrialRun:
             failure, ended = failure_reason(exc, pm), TrialState.FAIL
             trace = traceback_text(exc)  # text only: the traceback itself is not kept
         if failure is not None:  # handled here, not inside `except`: no traceback keeps the
-            trial.set_user_attr("fail_reason", failure)  # trial's tensors alive
+            self.writes.set_user_attr("fail_reason", failure)  # trial's tensors alive
             if ended == TrialState.PRUNED:
-                trial.set_user_attr(ENDED_EARLY, failure)
+                self.writes.set_user_attr(ENDED_EARLY, failure)
             else:
                 log = write_trial_log(settings.run_dir, trial.number, failure, trace)
-                trial.set_user_attr(TRACEBACK_LOG, str(log.resolve()))
+                self.writes.set_user_attr(TRACEBACK_LOG, str(log.resolve()))
             return ended, None
         final = history[-1]
-        trial.set_user_attr("metrics", final)
-        trial.set_user_attr("epochs_run", len(history))
-        trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
-        trial.set_user_attr("threads", torch.get_num_threads())  # CPU results depend on it
+        self.writes.set_user_attr("metrics", final)
+        self.writes.set_user_attr("epochs_run", len(history))
+        self.writes.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+        self.writes.set_user_attr("threads", torch.get_num_threads())  # CPU results depend on it
         return TrialState.COMPLETE, final[settings.metric]
 
     def _on_epoch(self, state: TrainState, metrics: dict[str, float]) -> None:
@@ -196,16 +194,18 @@ class TrialRun:
         score = metrics[settings.metric]
         if not math.isfinite(score):  # never reported: a pruner would take inf as the best
             raise NonFiniteScore(f"{settings.metric} is {score} in epoch {epoch}")
-        trial.report(score, epoch)
+        self.writes.report(score, epoch)
         self.context.reporter.epoch(trial, epoch, state.epochs, metrics)
         if state.stop_training and epoch < state.epochs:  # a technique ended it: say why
             why = state.stop_reason or "a technique ended training"
-            trial.set_user_attr(ENDED_EARLY, f"{why} (after epoch {epoch} of {state.epochs})")
+            self.writes.set_user_attr(ENDED_EARLY,
+                                      f"{why} (after epoch {epoch} of {state.epochs})")
         last = epoch == state.epochs or state.stop_training
-        if not last and trial.should_prune():  # a finished run completes
-            trial.set_user_attr("epochs_run", epoch)
-            trial.set_user_attr(ENDED_EARLY, f"pruned after epoch {epoch} of {state.epochs}: "
-                                             f"behind the other trials there ({settings.pruner})")
+        if not last and self.writes.should_prune():  # a finished run completes
+            self.writes.set_user_attr("epochs_run", epoch)
+            self.writes.set_user_attr(ENDED_EARLY,
+                                      f"pruned after epoch {epoch} of {state.epochs}: behind "
+                                      f"the other trials there ({settings.pruner})")
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
 

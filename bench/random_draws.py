@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from automl.paths import JOURNAL
 from bench.common import device_name, report
 from bench.search_efficiency import (
     DATASETS,
@@ -54,7 +55,7 @@ def draws(cli: str, space: dict, trials: int, work: Path) -> list[dict]:
            "--n-trials", str(trials + 1), "--device", "cpu", "--study-name", "draws",
            "--out", str(work / "run"), *extra]
     subprocess.run(cmd, check=True, capture_output=True, env=ENV)
-    study = load_journal(work / "run" / "study.journal", "draws")
+    study = load_journal(work / "run" / JOURNAL, "draws")
     return [trial_record(t) for t in study.trials if not t.user_attrs.get("baseline")]
 
 

@@ -53,6 +53,7 @@ import torch
 import yaml
 
 from automl.data import load_data
+from automl.paths import JOURNAL
 
 from .common import device_name, report
 
@@ -205,7 +206,7 @@ def run_automl(cli: str, space_file: Path, method: str, seed: int, n_trials: int
     result = {"search_seconds": round(time.perf_counter() - started, 2), "command": cmd,
               "errors": [] if proc.returncode == 0 else
               [f"search exit {proc.returncode}: {tail(proc.stderr or proc.stdout)}"]}
-    journal = out / "study.journal"
+    journal = out / JOURNAL
     if not journal.exists():
         return result
     from automl.fidelity import FIRST_RUNG, rung_correlations

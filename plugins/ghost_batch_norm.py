@@ -21,8 +21,8 @@ class GhostBatchNorm(Technique):
 
     @hookimpl(tryfirst=True)  # before other surgery, which then sees BN-compatible modules
     def modify_model(self, state):
-        from .ghost_batch_norm_layer import replace_batch_norm
+        from .ghost_batch_norm_layer import to_ghost_batch_norm
 
-        if not replace_batch_norm(state.model, self.params["virtual_batch"]):
+        if not to_ghost_batch_norm(state.model, self.params["virtual_batch"]):
             raise ValueError(f"ghost_batch_norm: model {state.recipe.model} has no BatchNorm2d "
                              "layers to replace")

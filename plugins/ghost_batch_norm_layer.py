@@ -10,6 +10,8 @@ import torch
 from timm.layers.norm_act import BatchNormAct2d
 from torch import nn
 
+from automl.functional import replace_modules
+
 
 def ghost_batch_norm(x: torch.Tensor, virtual_batch: int, weight: torch.Tensor | None,
                      bias: torch.Tensor | None, eps: float
@@ -88,13 +90,8 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         return ghost.train(bn.training)
 
 
-def replace_batch_norm(model: nn.Module, virtual_batch: int) -> int:
+def to_ghost_batch_norm(model: nn.Module, virtual_batch: int) -> int:
     """Swap every plain BatchNorm2d / timm BatchNormAct2d of ``model`` in place; returns how many
     (subclasses with other behaviour, such as frozen BN, are left alone)."""
-    targets = [(name, m) for name, m in model.named_modules()
-               if type(m) in (nn.BatchNorm2d, BatchNormAct2d)]
-    for name, bn in targets:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, GhostBatchNorm2d.from_batch_norm(bn,
-                                                                                    virtual_batch))
-    return len(targets)
+    return replace_modules(model, lambda m: type(m) in (nn.BatchNorm2d, BatchNormAct2d),
+                           lambda bn: GhostBatchNorm2d.from_batch_norm(bn, virtual_batch))

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING
 
 from optuna.distributions import CategoricalDistribution
 
+from automl.functional import replace_modules
 from automl.hookspecs import hookimpl
 from automl.technique import Technique
 
@@ -37,16 +38,13 @@ def group_norm_like(bn: nn.BatchNorm2d, groups: int) -> nn.GroupNorm:
     return norm.train(bn.training)
 
 
-def replace_batch_norm(model: nn.Module, groups: int) -> int:
+def to_group_norm(model: nn.Module, groups: int) -> int:
     """Swap every BatchNorm2d (subclasses included) of ``model`` for a GroupNorm with
     ``groups`` groups; returns how many."""
     from torch import nn
 
-    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    for name, bn in targets:
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, group_norm_like(bn, groups))
-    return len(targets)
+    return replace_modules(model, lambda m: isinstance(m, nn.BatchNorm2d),
+                           lambda bn: group_norm_like(bn, groups))
 
 
 class NormLayer(Technique):
@@ -67,6 +65,6 @@ class NormLayer(Technique):
     @hookimpl(trylast=True)  # after other surgery, so a ghost BN is replaced too
     def modify_model(self, state):
         groups = self.params["groups"] if self.params["kind"] == "group" else 1
-        if not replace_batch_norm(state.model, groups):
+        if not to_group_norm(state.model, groups):
             raise ValueError(f"norm_layer: model {state.recipe.model} has no BatchNorm2d "
                              "layers to replace")

@@ -1,8 +1,8 @@
 """``python -m bench.gpu --quick``: the one command for a lent GPU runs end to end on a CPU.
 
-Slow for a test (each benchmark is a process of its own that imports torch; about a minute on
-an idle 2-core machine): marked ``slow``, so ``pytest -m "not slow"`` leaves it out locally.
-CI runs it.
+Slow for a test (each benchmark is a process of its own that imports torch, and ``jobs`` starts
+worker processes: 6-8 minutes on a loaded 2-core machine): marked ``slow``, so
+``pytest -m "not slow"`` leaves it out locally. CI runs it.
 """
 
 from __future__ import annotations

@@ -16,10 +16,9 @@ from automl.plugins.class_weights import class_frequency_weights
 from automl.plugins.ghost_batch_norm_layer import (
     GhostBatchNorm2d,
     ghost_batch_norm,
-    replace_batch_norm,
+    to_ghost_batch_norm,
 )
-from automl.plugins.norm_layer import divisor_at_most, group_norm_like
-from automl.plugins.norm_layer import replace_batch_norm as replace_with_group_norm
+from automl.plugins.norm_layer import divisor_at_most, group_norm_like, to_group_norm
 from automl.plugins.triplet_loss import batch_hard_triplet
 from timm.layers.norm_act import BatchNormAct2d, GroupNormAct
 from torch import nn
@@ -131,7 +130,7 @@ def test_ghost_batch_norm_keeps_timm_activations():
     model = timm.create_model("test_efficientnet", num_classes=10, in_chans=1).eval()
     original = copy.deepcopy(model)
     acts = [type(m.act) for m in model.modules() if isinstance(m, BatchNormAct2d)]
-    assert replace_batch_norm(model, 8) == len(acts)
+    assert to_ghost_batch_norm(model, 8) == len(acts)
     assert [type(m.act) for m in model.modules() if isinstance(m, GhostBatchNorm2d)] == acts
     assert nn.SiLU in acts and nn.Identity in acts
     x = torch.randn(4, 1, 16, 16)
@@ -180,9 +179,9 @@ def test_group_norm_copies_the_affine_parameters_and_layer_norm_spans_c_h_w():
 def test_norm_layer_keeps_timm_activations_and_replaces_ghost_batch_norm():
     model = timm.create_model("test_efficientnet", num_classes=10, in_chans=1)
     acts = [m.act for m in model.modules() if isinstance(m, BatchNormAct2d)]
-    replace_batch_norm(model, 8)  # ghost first, as the two techniques order themselves
+    to_ghost_batch_norm(model, 8)  # ghost first, as the two techniques order themselves
     norm_model = copy.deepcopy(model)
-    assert replace_with_group_norm(norm_model, 4) == len(acts)
+    assert to_group_norm(norm_model, 4) == len(acts)
     norms = [m for m in norm_model.modules() if isinstance(m, nn.GroupNorm)]
     assert all(isinstance(m, GroupNormAct) for m in norms)
     assert [type(m.act) for m in norms] == [type(a) for a in acts]

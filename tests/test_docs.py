@@ -127,3 +127,11 @@ def test_readme_counts_the_lines_of_the_guides_pyproject():
     block = re.search(r"^```toml\n(.*?)^```$", PLUGIN_DOC, re.S | re.M).group(1)
     count = re.search(r"packaging in a (\d+)-line\s+`pyproject.toml`", README)
     assert count and int(count.group(1)) == len(block.splitlines())
+
+
+def test_readme_layout_names_every_core_module():
+    layout = re.search(r"^## Layout\n\n```\n(automl/.*?)^plugins/", README, re.S | re.M).group(1)
+    named = set(re.findall(r"\w+", layout))
+    modules = {path.stem for path in (ROOT / "automl").glob("*.py") if path.stem != "__init__"}
+    packages = {path.parent.name for path in (ROOT / "automl").glob("*/__init__.py")}
+    assert sorted((modules | packages) - named) == [], "README's Layout lacks these modules"

@@ -148,6 +148,7 @@ def _technique(draw, cls: type[Technique]) -> tuple[Any, dict[str, Any]]:
 
 
 _text = st.sampled_from(TRICKY_TEXT) | st.text(string.printable, max_size=12) | st.text(max_size=6)
+_path = _text.filter(bool)  # an empty path is refused ("expected a path")
 
 
 @st.composite
@@ -155,12 +156,12 @@ def _data(draw) -> dict[str, Any]:
     dataset = draw(st.sampled_from(["digits", "mnist", "fashion_mnist", "cifar10", "folder"]))
     data: dict[str, Any] = {"dataset": dataset, "batch_size": draw(st.integers(1, 4096))}
     if dataset == "folder":
-        data["path"] = draw(_text)
+        data["path"] = draw(_path)
     optional = {
         "val_fraction": st.floats(0, 1, exclude_min=True, exclude_max=True),
         "split_seed": st.integers(0, 2**63 - 1),
         "image_size": st.integers(1, 512),
-        "data_dir": _text,
+        "data_dir": _path,
         "download": st.booleans(),
         "workers": st.integers(0, 16),
         "in_memory": st.sampled_from([True, False, "auto"]),
@@ -220,7 +221,7 @@ def _check_sampled(space: SearchSpace, written: dict, fixed: dict, recipe: Recip
             searched = tspace.params[param]
             if isinstance(searched, When):
                 searched = searched.case(values[searched.on])
-            if param in fixed[name]:
+            if param in fixed.get(name, {}):  # a required technique left out: its defaults
                 assert _as_technique_gets(dist, value, fixed[name][param]), (name, param, value)
             elif isinstance(searched, BaseDistribution):
                 assert contains(searched, value), (name, param, value)

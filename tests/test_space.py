@@ -23,7 +23,7 @@ from automl.technique import NOT_APPLICABLE, When, conditional_name, contains
 from automl.yamlio import load_yaml
 
 SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
-SHIPPED = ["default.yaml", "fashion_mnist.yaml", "small.yaml"]
+SHIPPED = sorted(path.name for path in SPACES.glob("*.yaml"))  # every shipped space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -299,7 +299,9 @@ def test_search_uses_both_third_party_techniques_in_every_trial(good_site):
         recipes.append(yaml.safe_load(result.stdout))
     assert best in recipes
     for recipe in recipes:
-        assert set(recipe["techniques"]) == {"optimizer", "input_noise", "grad_noise"}
+        # lr_schedule: a required technique, there with its defaults though the space omits it
+        assert set(recipe["techniques"]) == {"optimizer", "lr_schedule", "input_noise",
+                                             "grad_noise"}
         assert 0.0 <= recipe["techniques"]["input_noise"]["std"] <= 0.2
         assert 1e-4 <= recipe["techniques"]["grad_noise"]["scale"] <= 1e-2
     assert recipes[0]["techniques"]["input_noise"]["std"] == 0.05  # the baseline: defaults
