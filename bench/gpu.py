@@ -15,10 +15,10 @@ such, and the others still run.
                         [--results DIR]
 
 ``--quick`` runs each benchmark at its smallest size on whatever device there is, with no
-budget, to check the command end to end (a CPU in CI; 6-8 minutes on a 2-core CPU under a
-load average of 6-14, mostly process start-up: every benchmark and every ``--jobs`` worker
-imports torch); it leaves out ``--compile`` (compiling takes minutes on a CPU), and its
-figures say nothing.
+budget, to check the command end to end (a CPU in CI; under 2 minutes on a 2-core CPU, 6-8
+minutes when other work keeps its load average at 6-14, mostly process start-up: every
+benchmark and every ``--jobs`` worker imports torch); it leaves out ``--compile`` (compiling
+takes minutes on a CPU), and its figures say nothing.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``python -m bench.gpu --quick``: the one command for a lent GPU runs end to end on a CPU.
 
 Slow for a test (each benchmark is a process of its own that imports torch, and ``jobs`` starts
-worker processes: 6-8 minutes on a loaded 2-core machine): marked ``slow``, so
+worker processes: under 2 minutes on 2 cores, 6-8 when they are busy): marked ``slow``, so
 ``pytest -m "not slow"`` leaves it out locally. CI runs it.
 """
 
