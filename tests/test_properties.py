@@ -270,7 +270,10 @@ def test_the_baseline_lies_inside_the_space_and_round_trips(folder, generated):
 @pytest.mark.parametrize("text", ["1e3", "1E-5", "+1e2", "1_000e3"])
 def test_a_string_that_reads_as_a_float_round_trips_as_a_string(folder, text):
     """The dumper did not quote ``1e3``, which the loader reads as a float (YAML 1.2 style)."""
-    recipe = Recipe(model="automl_resnet8", epochs=1, techniques={},
+    required = {  # always on, so written out in full; in name order, as a loaded recipe is
+        "lr_schedule": {"schedule": "constant", "warmup": 0.0, "warmup_shape": "linear"},
+        "optimizer": {"name": "sgd", "lr": 0.05}}
+    recipe = Recipe(model="automl_resnet8", epochs=1, techniques=required,
                     data={"dataset": "folder", "batch_size": 8, "path": text, "data_dir": text})
     _check_round_trip(folder, recipe)
 
