@@ -15,7 +15,14 @@ import re
 import sys
 
 import pytest
-from test_third_party_plugin import GRAD_NOISE, HELLO_COMMAND, INPUT_NOISE, finish, install, start
+from test_third_party_plugin import (
+    GRAD_NOISE,
+    GUIDE_TECHNIQUE,
+    HELLO_COMMAND,
+    finish,
+    install,
+    start,
+)
 
 from automl.discovery import (
     ALLOW_ENV,
@@ -54,7 +61,7 @@ INSTALLED = "broken, child_env, extras, hello, input_noise"
 
 
 def install_plugins(site):
-    install(site, "filter-noise", "0.1", "filter_noise", INPUT_NOISE,
+    install(site, "filter-noise", "0.1", "filter_noise", GUIDE_TECHNIQUE,
             {"input_noise": "filter_noise:InputNoise"})
     install(site, "filter-extras", "0.2", "filter_extras", GRAD_NOISE,
             {"extras": "filter_extras"})
@@ -99,7 +106,7 @@ def test_without_a_list_every_installed_plugin_is_imported(site):
 
 def test_disabled_plugins_are_never_imported(site, monkeypatch):
     monkeypatch.setenv(DISABLE_ENV, " broken, extras ")
-    assert _loaded() == ["builtins", "child_env", "hello", "input_noise"]
+    assert _loaded() == ["builtin_datasets", "builtins", "child_env", "hello", "input_noise"]
     assert "automl_broken" not in sys.modules and "filter_extras" not in sys.modules
     assert "input_noise" in technique_catalog() and "grad_noise" not in technique_catalog()
     assert skipped_plugins() == {"broken": f"in {DISABLE_ENV}", "extras": f"in {DISABLE_ENV}"}
@@ -107,7 +114,7 @@ def test_disabled_plugins_are_never_imported(site, monkeypatch):
 
 def test_the_allow_list_loads_only_the_listed_plugins_and_the_builtins(site, monkeypatch):
     monkeypatch.setenv(ALLOW_ENV, "extras")
-    assert _loaded() == ["builtins", "extras"]
+    assert _loaded() == ["builtin_datasets", "builtins", "extras"]
     assert "automl_broken" not in sys.modules and "filter_noise" not in sys.modules
     catalog = technique_catalog()
     assert "grad_noise" in catalog and "input_noise" not in catalog and "mixup" in catalog
@@ -116,7 +123,7 @@ def test_the_allow_list_loads_only_the_listed_plugins_and_the_builtins(site, mon
 
 def test_an_empty_allow_list_loads_only_the_builtins(site, monkeypatch):
     monkeypatch.setenv(ALLOW_ENV, "")
-    assert _loaded() == ["builtins"]
+    assert _loaded() == ["builtin_datasets", "builtins"]
     assert set(skipped_plugins()) == set(INSTALLED.split(", "))
 
 
