@@ -235,7 +235,25 @@ class TrainingRun(_Recording):
         self._each("end", 0, state, reason)
 
 
-class TensorBoardTracker:
+class _OpenRuns:
+    """What every tracker shares: the runs it holds open, by key; each ends once, and a run
+    still open when the process stops ends as failed."""
+
+    open: dict[int, Any]
+
+    def end(self, key: int, state: str, reason: str | None) -> None:
+        if key in self.open:
+            self._end(key, state, reason)
+
+    def close(self) -> None:
+        for key in list(self.open):
+            self._end(key, "failed", "stopped while it ran")
+
+    def _end(self, key: int, state: str, reason: str | None) -> None:
+        raise NotImplementedError
+
+
+class TensorBoardTracker(_OpenRuns):
     """One event-file folder per run: scalars every epoch, the HParams session at its end."""
 
     target = "tensorboard"
@@ -262,14 +280,6 @@ class TensorBoardTracker:
             writer = self.open[key][0]
             for name, value in metrics.items():
                 writer.add_scalar(name, value, step)
-
-    def end(self, key: int, state: str, reason: str | None) -> None:
-        if key in self.open:
-            self._end(key, state, reason)
-
-    def close(self) -> None:
-        for key in list(self.open):
-            self._end(key, "failed", "stopped while it ran")
 
     def _end(self, key: int, state: str, reason: str | None) -> None:
         from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
@@ -304,7 +314,7 @@ def _hparams_summary(**data):
     return Summary(value=[Summary.Value(tag=tag, metadata=content)])
 
 
-class MlflowTracker:
+class MlflowTracker(_OpenRuns):
     """One MLflow run per key in one experiment."""
 
     target = "mlflow"
@@ -368,14 +378,6 @@ class MlflowTracker:
             now = int(time.time() * 1000)
             self.client.log_batch(self.open[key], metrics=[
                 Metric(name, float(value), now, step) for name, value in metrics.items()])
-
-    def end(self, key: int, state: str, reason: str | None) -> None:
-        if key in self.open:
-            self._end(key, state, reason)
-
-    def close(self) -> None:
-        for key in list(self.open):
-            self._end(key, "failed", "stopped while it ran")
 
     def _end(self, key: int, state: str, reason: str | None) -> None:
         run_id = self.open.pop(key)
