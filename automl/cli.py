@@ -147,7 +147,10 @@ def _data_options(func):
 @click.option("--study-name", help="Study name (default: the space file's stem).")
 @_common_run_options
 @click.option("--sampler", type=click.Choice(SAMPLERS))
-@click.option("--pruner", type=click.Choice(PRUNERS))
+@click.option("--pruner", type=click.Choice(PRUNERS),
+              help="Stop weak trials early (default hyperband); off for a study with several "
+                   "metrics (study.metric: [val/acc1, model/params]): Optuna cannot prune "
+                   "those.")
 @click.option("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Trials at once, each in its own worker process (per GPU with --gpus).")
@@ -187,6 +190,11 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
     Trial 0 is the baseline (the space's defaults), then the known recipes (warm start);
     at the end the best trials are confirmed with more seeds. Every study setting of the
     space's `study:` section can be overridden here.
+
+    `study.metric` may list several metrics (val/acc1, val/loss, val/balanced_acc,
+    model/params, val/<name> of a technique that declares it): the search keeps their Pareto
+    front, prunes nothing, confirms nothing, and best_recipe.yaml holds the front's trial best
+    on the first metric (the others: automl export --trial N).
     """
     from automl.discovery import technique_catalog
     from automl.interrupts import Interrupted, stop_on_signals
@@ -299,8 +307,9 @@ def show(study_name, out, storage, top, trial_number):
                    "what they cannot express in a comment at the top.")
 def export(study_name, out, storage, trial_number, output, fmt):
     """Export the best recipe of a study (or --trial N): the confirmed winner when the search
-    re-ran its best trials, else the best single score. The file records its provenance
-    (study, trial, score, versions)."""
+    re-ran its best trials, else the best single score; with several metrics, the Pareto
+    front's trial best on the first (automl show lists the front). The file records its
+    provenance (study, trial, score, versions)."""
     from automl.confirm import chosen_trial
     from automl.exports import export_text
     from automl.provenance import with_provenance
@@ -322,6 +331,9 @@ def export(study_name, out, storage, trial_number, output, fmt):
                             f"(it has 0..{len(study.trials) - 1})")
         trial = matches[0]
     chosen = "" if trial_number is not None else " (the best)"
+    if trial_number is None and len(study.directions) > 1:
+        from automl.objectives import CHOSEN_RULE
+        chosen = f" ({CHOSEN_RULE}; the others of the front: automl show, then --trial N)"
     click.echo(f"trial {trial.number}{chosen}", err=True)
     text = export_text(with_provenance(trial_recipe(trial), study, trial), fmt)
     if output:
@@ -404,7 +416,8 @@ def train(recipe, out, device, seed, train_fraction, include_val, overwrite, com
         metrics = replay(parsed, out, device=device, progress=progress, compile=compile,
                          seed=seed,
                          train_fraction=1.0 if train_fraction is None else train_fraction,
-                         include_val=include_val, overwrite=overwrite)
+                         include_val=include_val, overwrite=overwrite,
+                         reuse_stages=[recipe.parent / "stages"])
     except BaseException as exc:
         if tracking:
             tracking.end("failed", reason=exception_line(exc))
@@ -437,7 +450,7 @@ def techniques(name, markdown):
     when a space leaves them out.
     """
     from automl.discovery import technique_catalog
-    from automl.technique import describe_parameter, markdown_table
+    from automl.technique import conflicts_of, describe_parameter, markdown_table
 
     catalog = technique_catalog()
     if markdown:
@@ -457,6 +470,8 @@ def techniques(name, markdown):
         for param in cls.space:
             click.echo(f"    {param:<20} {describe_parameter(cls, param):<40} "
                        f"default {cls.defaults[param]!r}")
+        for other, why in conflicts_of(cls, catalog).items():
+            click.echo(f"    never on with {other}: {why}")
 
 
 @cli.command()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.objectives import best_trial, primary_value
 from automl.recipe import Recipe
 
 __all__ = ["CONFIRMATIONS", "CONFIRMED_BEST", "Candidate", "candidates", "confirm",
@@ -60,8 +61,8 @@ class Candidate:
 def candidates(study: optuna.Study, top: int) -> list[FrozenTrial]:
     """The ``top`` best finished trials with distinct parameters, then the baseline."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    best_first = sorted(done, key=lambda t: t.value,
-                        reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    best_first = sorted(done, key=primary_value,
+                        reverse=study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
     picked: list[FrozenTrial] = []
     for trial in best_first:
         if len(picked) < top and all(trial.params != p.params for p in picked):
@@ -106,7 +107,7 @@ def confirm(study: optuna.Study, top: int, seeds: int, splits: bool, train_once:
                  + (f"{value:.4f}" if math.isfinite(value) else "failed"))
     found = confirmed(study)
     if found:
-        study.set_user_attr(CONFIRMED_BEST, _ranked(found, study.direction)[0].number)
+        study.set_user_attr(CONFIRMED_BEST, _ranked(found, study.directions[0])[0].number)
     return found
 
 
@@ -117,9 +118,10 @@ def confirmed(study: optuna.Study) -> list[Candidate]:
     found = []
     for number, runs in stored.items():
         trial = by_number.get(int(number))
-        if trial is None or trial.value is None:
+        if trial is None or primary_value(trial) is None:
             continue
-        values = [trial.value] + [math.nan if r["value"] is None else r["value"] for r in runs]
+        values = [primary_value(trial)] + [math.nan if r["value"] is None else r["value"]
+                                           for r in runs]
         found.append(Candidate(trial.number, values, bool(trial.user_attrs.get("baseline"))))
     return found
 
@@ -133,21 +135,23 @@ def _ranked(found: list[Candidate], direction) -> list[Candidate]:
 
 def chosen_trial(study: optuna.Study) -> FrozenTrial:
     """The trial a search names best: the confirmed one when there is one, else the best
-    single score (raises ValueError when no trial completed)."""
+    single score, or with several metrics the Pareto-optimal trial best on the first
+    (:func:`automl.objectives.best_trial`); ValueError when no trial completed."""
     number = study.user_attrs.get(CONFIRMED_BEST)
     if number is not None:
         for trial in study.get_trials(deepcopy=False):
             if trial.number == number:
                 return trial
-    return study.best_trial
+    return best_trial(study)
 
 
 def verdict(study: optuna.Study) -> list[str]:
     """Lines for the user: each confirmed trial's mean ± std, and whether the winner is
     clear of the runner-up and of the baseline (difference over 2 standard errors)."""
-    found = _ranked(confirmed(study), study.direction)
+    found = confirmed(study)
     if not found:
         return []
+    found = _ranked(found, study.directions[0])
     metric = study.user_attrs.get("metric", "value")
     lines = [f"confirmed ({metric}, mean ± std over the trial's own run and its re-runs):"]
     for c in found:

@@ -38,14 +38,14 @@ def rung_correlations(study: optuna.Study) -> list[RungCorrelation]:
     from scipy.stats import spearmanr
 
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.intermediate_values and t.value is not None]
+            if t.intermediate_values and t.values]
     if not done:
         return []
     length = max(len(t.intermediate_values) for t in done)
     full = [t for t in done if len(t.intermediate_values) == length]
     out = []
     for epoch in range(1, length):
-        pairs = [(t.intermediate_values[epoch], t.value) for t in full
+        pairs = [(t.intermediate_values[epoch], t.values[0]) for t in full
                  if epoch in t.intermediate_values]
         if len(pairs) < MIN_TRIALS or len({a for a, _ in pairs}) < 2 \
                 or len({b for _, b in pairs}) < 2:
@@ -86,7 +86,10 @@ class TrustedRungPruner(optuna.pruners.BasePruner):
 
 
 def fidelity_lines(study: optuna.Study) -> list[str]:
-    """What a user needs to judge the pruning of this study, in a few lines."""
+    """What a user needs to judge the pruning of this study, in a few lines (none for a
+    study with several metrics: it is never pruned)."""
+    if len(study.directions) > 1:
+        return []
     trust = study.user_attrs.get(RUNG_TRUST, TRUSTED_CORRELATION)
     found = rung_correlations(study)
     if not found:

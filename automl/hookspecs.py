@@ -64,9 +64,10 @@ class DiscoverySpecs:
 
 class TrainingSpecs:
     """Hooks of a trial's manager, listed in the order the trainer calls them: setup, then per
-    epoch the training hooks, then evaluation of the validation split (``eval_model``,
-    ``eval_batch`` per batch, ``evaluate``), then ``on_validation``. The evaluation hooks run
-    again for the test split after training (``automl train``)."""
+    epoch the training hooks, then evaluation of the validation split (``on_eval_start``,
+    ``eval_model`` once, ``eval_batch`` per batch, ``evaluate``, ``on_eval_end``), then
+    ``on_validation``; ``on_train_end`` after the last epoch. The evaluation hooks run again
+    for the test split after training (``automl train``)."""
 
     @hookspec
     def configure_training(self, state: TrainState) -> None:
@@ -122,7 +123,8 @@ class TrainingSpecs:
 
     @hookspec
     def on_train_start(self, state: TrainState) -> None:
-        """Everything is built; last chance to set up helpers (an EMA copy, a teacher)."""
+        """Everything is built (``state.train_model`` too); last chance to set up helpers (an
+        EMA copy, a teacher)."""
 
     @hookspec
     def on_epoch_start(self, state: TrainState) -> None:
@@ -153,14 +155,23 @@ class TrainingSpecs:
 
     @hookspec
     def after_loss(self, state: TrainState) -> None:
-        """Inspect or replace ``state.loss`` before backward (extra loss terms)."""
+        """Inspect or replace ``state.loss`` before backward (extra loss terms).
+
+        ``state.logits`` (float32) and ``state.features`` (the classifier's input, N×D, for
+        models with ``get_classifier``) are the batch's outputs: read them instead of
+        registering forward hooks. ``state.closure()`` calls this hook again for every
+        micro-batch it recomputes, so a term added here is part of every pass.
+        """
 
     @hookspec
     def after_backward(self, state: TrainState) -> None:
         """Gradients exist; change them before the step (gradient clipping).
 
         With gradient accumulation this runs once per optimizer step, when the gradients of
-        all ``accumulation_steps`` micro-batches have been summed.
+        all ``accumulation_steps`` micro-batches have been summed. ``state.closure()`` zeroes
+        the gradients and recomputes them for every micro-batch of this step (forward, the
+        composed loss with every ``after_loss`` term, backward, same autocast): two-pass
+        methods such as SAM call it here (``tryfirst``, so clipping sees the final gradient).
         """
 
     @hookspec
@@ -171,17 +182,35 @@ class TrainingSpecs:
     def on_epoch_end(self, state: TrainState) -> None:
         """A training epoch ended, before validation."""
 
+    @hookspec
+    def on_eval_start(self, state: TrainState, split: Any, prefix: str) -> None:
+        """An evaluation of one split (a :class:`~automl.data.Split`) begins; ``prefix`` is
+        ``"val"`` or ``"test"``. Prepare per-evaluation helpers here, once, not per batch."""
+
     @hookspec(firstresult=True)
     def eval_model(self, state: TrainState) -> torch.nn.Module:
-        """Return the model to evaluate; the first non-None result wins (EMA weights)."""
+        """Return the model to evaluate; the first non-None result wins (EMA weights).
+
+        Called once per evaluation; the result is ``state.eval_model`` until it ends (hooks
+        that evaluate something of their own read that instead of calling this again).
+        """
 
     @hookspec
     def eval_batch(self, state: TrainState) -> None:
         """Change the normalised evaluation batch ``state.images`` (inference resize, TTA)."""
 
     @hookspec
-    def evaluate(self, state: TrainState, metrics: dict[str, float]) -> dict[str, float]:
-        """Return extra metrics to merge into the evaluation result of one split."""
+    def evaluate(self, state: TrainState, metrics: dict[str, float], split: Any,
+                 prefix: str) -> dict[str, float]:
+        """Return extra metrics (names without the prefix) to merge into the evaluation result
+        of ``split``; ``state.eval_model`` is the evaluated model. A technique that declares
+        them in ``metrics`` makes them usable as the study's metric (``val/<name>``)."""
+
+    @hookspec
+    def on_eval_end(self, state: TrainState, split: Any, prefix: str,
+                    metrics: dict[str, float]) -> None:
+        """The evaluation of ``split`` ended with ``metrics`` (prefixed); release what
+        ``on_eval_start`` prepared."""
 
     @hookspec
     def on_validation(self, state: TrainState, metrics: dict[str, float]) -> None:
@@ -190,3 +219,8 @@ class TrainingSpecs:
         Set ``state.stop_training = True`` to end training after this epoch (early stopping),
         and ``state.stop_reason`` to say why (the search shows it on the trial's line).
         """
+
+    @hookspec
+    def on_train_end(self, state: TrainState) -> None:
+        """Training ended (the last epoch, early stopping or a step limit), after its final
+        validation; not called when training fails or is pruned."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 
 from automl.errors import UserError
+from automl.objectives import CHOSEN_RULE, format_metric
 from automl.study_summary import CONFIDENCE, StudySummary, summarize, values_text
 from automl.yamlio import write_atomic
 
@@ -78,6 +79,7 @@ def render_html(summary: StudySummary) -> str:
     figures = _figures(summary)
     plots = {name: _plot_div(name, fig) for name, fig in figures.items()}
     sections = [
+        _section("Pareto front", _front_html(summary)) if summary.front else "",
         _section("Baseline against the best", _contenders_html(summary),
                  plots.get("contenders")),
         _section("Best so far", "<p>Each finished trial's score (dots) and the best up to it "
@@ -93,11 +95,13 @@ def render_html(summary: StudySummary) -> str:
     ]
     counts = ", ".join(f"{n} {state}" for state, n in sorted(summary.counts.items()))
     direction = "higher is better" if summary.maximize else "lower is better"
+    metric = summary.metric if len(summary.metrics) < 2 else \
+        f"{summary.metric} (the first of {', '.join(summary.metrics)})"
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return _PAGE.format(
         title=_esc(f"automl report: {summary.name}"), style=_STYLE, catch=_CATCH_ERRORS,
         plotlyjs=get_plotlyjs(), expected=len(plots), name=_esc(summary.name),
-        metric=_esc(summary.metric), direction=direction, counts=_esc(counts or "no trials"),
+        metric=_esc(metric), direction=direction, counts=_esc(counts or "no trials"),
         generated=generated, body="\n".join(s for s in sections if s), check=_RENDER_CHECK,
         sort=_SORT_TABLE)
 
@@ -262,6 +266,22 @@ def _effects_html(summary: StudySummary) -> str:
             "<th>trials off</th><th>mean on</th><th>mean off</th><th>difference</th>"
             f"<th>{level}% interval</th><th>verdict</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table>")
+
+
+def _front_html(summary: StudySummary) -> str:
+    """A multi-objective study's Pareto front: each trial's value of every metric."""
+    head = "".join(f"<th>{_esc(m)}</th>" for m in summary.metrics)
+    rows = "".join(
+        f"<tr><td>{number}{' (exported)' if i == 0 else ''}</td>"
+        + "".join(f"<td>{format_metric(v)}</td>" for v in values)
+        + "</tr>" for i, (number, values) in enumerate(summary.front))
+    return (f"<p>The study optimises {len(summary.metrics)} metrics; these trials are not "
+            "beaten by any other on every metric. best_recipe.yaml holds "
+            f"{_esc(CHOSEN_RULE)} ({_esc(summary.metric)}); export another with "
+            "<code>automl export --trial N</code>. Elsewhere on this page a trial's score is "
+            f"its {_esc(summary.metric)}; pruning was off (Optuna cannot prune several "
+            "objectives).</p><table id='pareto'><thead><tr><th>trial</th>"
+            f"{head}</tr></thead><tbody>{rows}</tbody></table>")
 
 
 def _trials_html(summary: StudySummary) -> str:

@@ -20,6 +20,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from automl.optuna_adapter import set_intermediate_value
 from automl.trial_queue import RETRY_OF
 
 __all__ = ["TrialWrites", "record_late_result", "result_holder", "LATE_RESULT_OF"]
@@ -33,6 +34,8 @@ class TrialWrites:
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial):
         self.study, self.trial = study, trial
+        #: Several objectives: Optuna has no pruning, so scores are recorded, never judged.
+        self.multi_objective = len(study.directions) > 1
         self.swept = False  # the storage refused a write: another process failed the trial
         self.user_attrs: dict[str, Any] = {}
         self.scores: dict[int, float] = {}
@@ -43,15 +46,19 @@ class TrialWrites:
 
     def report(self, value: float, step: int) -> None:
         self.scores[step] = value
-        self._write(self.trial.report, value, step)
+        if self.multi_objective:
+            self._write(set_intermediate_value, self.study, self.trial, step, value)
+        else:
+            self._write(self.trial.report, value, step)
 
     def should_prune(self) -> bool:
         """The pruner's verdict; never once swept (the trial then trains to its end)."""
-        return not self.swept and self.trial.should_prune()
+        return not self.swept and not self.multi_objective and self.trial.should_prune()
 
-    def tell(self, state: TrialState, value: float | None = None) -> int:
-        """Finish the trial; the number of the trial that holds its result: itself, or a new
-        one when it was swept (a failure stays with the swept trial)."""
+    def tell(self, state: TrialState, value: float | list[float] | None = None) -> int:
+        """Finish the trial (``value``: one per metric, or the one); the number of the trial
+        that holds its result: itself, or a new one when it was swept (a failure stays with
+        the swept trial)."""
         if not self.swept:
             try:
                 told = self.study.tell(self.trial, value, state=state, skip_if_finished=True)
@@ -73,16 +80,22 @@ class TrialWrites:
 
 
 def record_late_result(study: optuna.Study, trial: optuna.Trial, state: TrialState,
-                       value: float | None, user_attrs: dict[str, Any],
+                       value: float | list[float] | None, user_attrs: dict[str, Any],
                        scores: dict[int, float]) -> int:
     """Add the finished result of a swept ``trial`` as a new trial; its number."""
     attrs = {**trial.user_attrs, **user_attrs, LATE_RESULT_OF: trial.number}
     attrs.setdefault(RETRY_OF, trial.number)  # not counted in the budget, as a retry
     study.add_trial(create_trial(
-        state=state, value=value if state == TrialState.COMPLETE else None,
+        state=state, values=_values(value) if state == TrialState.COMPLETE else None,
         params=trial.params, distributions=trial.distributions, user_attrs=attrs,
         intermediate_values=dict(scores)))
     return result_holder(study.get_trials(deepcopy=False), trial.number).number
+
+
+def _values(value: float | list[float] | None) -> list[float] | None:
+    if value is None:
+        return None
+    return [float(v) for v in value] if isinstance(value, list | tuple) else [float(value)]
 
 
 def result_holder(trials: Sequence[FrozenTrial], number: int) -> FrozenTrial:

@@ -7,8 +7,11 @@ file. Its ``state_dict`` entry keeps it loadable by transfer_learning and
 registry (the project's small ResNets included) with the recorded keyword arguments; the
 techniques whose ``model_kwargs`` / ``build_model`` / ``modify_model`` hooks change what that
 builds (group norm in place of batch norm, say) are recorded at save time and replayed through
-the same hooks at load time. :func:`load_model` itself imports no training code unless such a
-technique has to be replayed.
+the same hooks at load time. An ``eval_model`` hook that wraps the evaluated model in an
+:class:`EvalWrapper` (test-time augmentation) is recorded too: the file keeps the wrapped
+model's weights and :func:`load_model` replays that hook, so the loaded model predicts as the
+run evaluated. :func:`load_model` itself imports no training code unless such a technique has
+to be replayed.
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ if TYPE_CHECKING:
 
     from automl.state import TrainState
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "LoadedModel", "ModelInfo", "Preprocess", "load_model",
-           "save_model"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "EvalWrapper", "LoadedModel", "ModelInfo", "Preprocess",
+           "load_model", "save_model"]
 
 log = logging.getLogger("automl")
 
 FORMAT = "automl-model"  # the ``format`` entry: tells this file from a bare state_dict
-FORMAT_VERSION = 1
+#: 2 adds ``eval_wrappers``; a file without any is still written as version 1, which older
+#: readers load (they would silently drop a wrapper, so they must refuse a file with one).
+FORMAT_VERSION = 2
 MODEL_FILE = "model.pt"  # its name in a training run's folder
 #: Images the saved preprocessing is checked on against the trainer's evaluation path.
 CHECK_IMAGES = 64
@@ -62,6 +67,8 @@ class ModelInfo:
     recipe: dict[str, Any]  # the recipe trained (Recipe.to_dict form)
     versions: dict[str, Any]  # automl-recipes, python, torch, timm, optuna, plugins
     metrics: dict[str, float]  # the training run's final metrics (test/acc1, ...)
+    #: techniques whose eval_model hook wraps the model (outermost first), replayed at load
+    eval_wrappers: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -150,6 +157,29 @@ def _broadcastable(values: torch.Tensor) -> torch.Tensor:
     return values.view(1, -1, 1, 1) if values.dim() == 1 else values.unsqueeze(0)
 
 
+class EvalWrapper(nn.Module):
+    """A module an ``eval_model`` hook wraps around the model it evaluates (test-time
+    augmentation). It holds no weights of its own: a model file keeps ``module``'s weights,
+    records ``technique`` (the subclass sets it) and replays that technique's ``eval_model``
+    hook at load, so the loaded model is wrapped as the evaluated one was."""
+
+    technique: str = ""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+
+def _unwrapped(model: nn.Module) -> tuple[list[str], nn.Module]:
+    """The techniques of ``model``'s :class:`EvalWrapper` layers (outermost first) and the
+    model inside them."""
+    wrappers = []
+    while isinstance(model, EvalWrapper):
+        wrappers.append(model.technique)
+        model = model.module
+    return wrappers, model
+
+
 class LoadedModel(NamedTuple):
     """:func:`load_model`'s result: ``model, preprocess, info = load_model(path)``."""
 
@@ -163,6 +193,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     preprocessing (:class:`Preprocess`) and what the file records (:class:`ModelInfo`).
 
     ``model(preprocess(image)).argmax(1)`` gives class indices into ``info.class_names``.
+    When the run evaluated through a wrapper (``info.eval_wrappers``: test-time augmentation)
+    ``model`` is that wrapper again, the plain network its ``module``.
     ``path`` may be the run folder (its ``model.pt`` is read). A file that is not an
     ``automl train`` model, or that cannot be rebuilt, is a one-line UserError naming it.
     """
@@ -178,6 +210,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     except RuntimeError as exc:
         raise UserError(f"{path}: the weights do not fit the rebuilt {info.architecture}: "
                         f"{exception_line(exc)}") from None
+    model = _wrapped_for_evaluation(model, info, path)
     model.eval().to(device=device, memory_format=torch.channels_last)
     preprocess = Preprocess(info, record["mean"], record["std"], device)
     return LoadedModel(model, preprocess, info)
@@ -229,6 +262,29 @@ def _rebuilt_through_hooks(info: ModelInfo) -> nn.Module:
     return state.model
 
 
+def _wrapped_for_evaluation(model: nn.Module, info: ModelInfo, path: Path) -> nn.Module:
+    """``model`` wrapped again by the recorded techniques' ``eval_model`` hooks (only theirs
+    registered, on a model-only state): the model the training run evaluated."""
+    if not info.eval_wrappers:
+        return model
+    from automl.discovery import training_manager
+    from automl.recipe import Recipe
+
+    recipe = Recipe.from_dict(info.recipe)
+    recipe.techniques = {k: v for k, v in recipe.techniques.items() if k in info.eval_wrappers}
+    try:
+        pm = training_manager(recipe)
+    except UserError as exc:
+        raise UserError(f"{path}: cannot wrap the model for evaluation: {exc}") from None
+    state = model_only_state(recipe, info)
+    state.model = model
+    wrapped = pm.hook.eval_model(state=state)
+    if _unwrapped(wrapped) != (info.eval_wrappers, model):
+        raise UserError(f"{path}: the eval_model hooks of {', '.join(info.eval_wrappers)} did "
+                        f"not wrap the model as recorded (got {_unwrapped(wrapped)[0]})")
+    return wrapped
+
+
 def _factory_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The recorded arguments less those build_model takes from the state itself."""
     return {k: v for k, v in kwargs.items() if k not in ("num_classes", "in_chans")}
@@ -273,15 +329,17 @@ def save_model(path: Path, state: TrainState, pm: pluggy.PluginManager, model: n
 
     Checks what it wrote: the model rebuilt from the file has the trained model's structure,
     and the preprocessing gives the trainer's evaluation inputs on a few validation images;
-    a mismatch is logged as a warning (the weights are still saved).
+    a mismatch is logged as a warning (the weights are still saved). A model wrapped by
+    :class:`EvalWrapper` layers is saved as the model inside them, the wrappers recorded.
     """
     from automl.trainer import model_kwargs
 
+    wrappers, model = _unwrapped(model)
     data = state.data
     kwargs = {"num_classes": state.num_classes, "in_chans": state.in_chans,
               **model_kwargs(state, pm)}
     record = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "format": FORMAT, "format_version": FORMAT_VERSION if wrappers else 1,
         "architecture": state.recipe.model, "model_kwargs": kwargs,
         "class_names": list(data.class_names), "in_chans": state.in_chans,
         "image_size": state.image_size, "train_image_size": state.train_image_size,
@@ -289,6 +347,7 @@ def save_model(path: Path, state: TrainState, pm: pluggy.PluginManager, model: n
         "rebuild": _techniques_changing_the_model(state, pm, kwargs),
         "recipe": state.recipe.to_dict(), "versions": _versions(),
         "metrics": dict(metrics), "module_types": module_types(model),
+        "eval_wrappers": wrappers,
     }
     record = {**_plain(record), "mean": _stat_tensor(state.input_mean),
               "std": _stat_tensor(state.input_std),

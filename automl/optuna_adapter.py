@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WRITTEN_FOR", "PRIVATE_NAMES", "storage_of", "study_id", "trial_id",
            "get_frozen_trial", "claim_waiting_trial", "set_trial_state", "set_trial_user_attr",
-           "set_trial_system_attr", "distribution_contains"]
+           "set_trial_system_attr", "set_intermediate_value", "distribution_contains"]
 
 #: The Optuna major version this module was written and contract-tested for (pyproject pins it).
 WRITTEN_FOR = 5
@@ -98,6 +98,14 @@ def set_trial_system_attr(study: optuna.Study, trial: optuna.Trial | FrozenTrial
     any more); safe from a thread other than the trial's, such as its heartbeat.
     ``UpdateFinishedTrialError`` once it finished."""
     storage_of(study).set_trial_system_attr(trial_id(trial), key, value)
+
+
+def set_intermediate_value(study: optuna.Study, trial: optuna.Trial, step: int,
+                           value: float) -> None:
+    """Record a trial's score at ``step`` in a multi-objective study, where ``Trial.report``
+    refuses (it serves the pruner, which cannot judge several objectives): the curve still
+    shows in ``automl show`` and the report. ``UpdateFinishedTrialError`` once it finished."""
+    storage_of(study).set_trial_intermediate_value(trial_id(trial), step, float(value))
 
 
 def distribution_contains(dist: BaseDistribution, value: Any) -> bool:

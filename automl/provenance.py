@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
     from automl.recipe import Recipe
 
-__all__ = ["ENVIRONMENT", "environment", "trial_provenance", "with_provenance",
-           "checked_provenance", "provenance_lines", "library_versions", "plugin_versions"]
+__all__ = ["ENVIRONMENT", "environment", "environment_differences", "trial_provenance",
+           "with_provenance", "checked_provenance", "provenance_lines", "library_versions",
+           "plugin_versions"]
 
 #: trial user attr: the versions and plugins of the process that trained the trial
 ENVIRONMENT = "environment"
@@ -65,6 +66,36 @@ def environment() -> dict[str, dict[str, str]]:
     return {"versions": library_versions(), "plugins": plugin_versions()}
 
 
+def environment_differences(recorded: Any, subject: str,
+                            current: dict[str, dict[str, str]] | None = None) -> list[str]:
+    """One line per library or plugin whose version differs between an :func:`environment`
+    record (a study's, a recipe's provenance) and ``current`` (this process's), e.g. "study
+    's' was created with torch 2.3.0, this process has 2.4.1". A record without versions
+    (an older release, a hand-written recipe) has nothing to compare: no lines."""
+    if not isinstance(recorded, dict):
+        return []
+    current = environment() if current is None else current
+    lines = []
+    was, now = recorded.get("versions"), current["versions"]
+    if isinstance(was, dict):
+        lines += [f"{subject} with {name} {was[name]}, this process has "
+                  f"{now.get(name, 'none')}"
+                  for name in was if str(was[name]) != now.get(name)]
+    was, now = recorded.get("plugins"), current["plugins"]
+    if isinstance(was, dict):
+        for name in sorted(was.keys() | now.keys()):
+            if name not in now:
+                lines.append(f"{subject} with plugin {name} ({was[name]}), this process does "
+                             "not load it")
+            elif name not in was:
+                lines.append(f"{subject} without plugin {name}, this process loads it "
+                             f"({now[name]})")
+            elif str(was[name]) != now[name]:
+                lines.append(f"{subject} with plugin {name} from {was[name]}, this process has "
+                             f"{now[name]}")
+    return lines
+
+
 def trial_provenance(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
     """The provenance of ``trial``'s recipe, as plain YAML values."""
     from automl.confirm import confirmed
@@ -73,9 +104,13 @@ def trial_provenance(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         "study": study.study_name,
         "trial": trial.number,
         "metric": study.user_attrs.get("metric", "value"),
-        "direction": study.direction.name.lower(),
-        "score": _number(trial.value),
+        "direction": study.directions[0].name.lower(),
+        "score": _number(trial.values[0] if trial.values else None),
     }
+    if len(study.directions) > 1:  # several metrics: all of them; the first is named above
+        record["metrics"] = list(study.user_attrs.get("metrics", []))
+        record["directions"] = [d.name.lower() for d in study.directions]
+        record["scores"] = [_number(v) for v in trial.values or []]
     for candidate in confirmed(study):
         if candidate.number == trial.number:
             record["confirmed_mean"] = _number(candidate.mean)

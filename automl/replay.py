@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -14,7 +15,9 @@ from automl.data import load_data, with_validation_in_train
 from automl.discovery import training_manager
 from automl.errors import UserError
 from automl.model_file import save_model
+from automl.provenance import environment, environment_differences
 from automl.recipe import Recipe
+from automl.stages import StageDirectory, run_stage_dir
 from automl.trainer import evaluate_with_confusion, fit, prepare, resolve_device
 from automl.yamlio import write_atomic
 
@@ -22,25 +25,35 @@ __all__ = ["RUN_FILES", "check_run_folder", "replay"]
 
 #: What a training run writes into its folder (and what a new run must not silently replace).
 RUN_FILES = ("model.pt", "metrics.json", "recipe.yaml")
+logger = logging.getLogger("automl")
 
 
 def replay(recipe: Recipe, out: Path, *, device: str | None = None,
            progress: Callable[[int, int, dict], None] | None = None,
            compile: bool = False, seed: int | None = None, train_fraction: float | None = None,
-           include_val: bool = False, overwrite: bool = False) -> dict[str, float]:
+           include_val: bool = False, overwrite: bool = False,
+           reuse_stages: Sequence[Path] = ()) -> dict[str, float]:
     """Train on the train split, then score val and (once) test; write model, metrics, recipe.
 
     ``seed`` and ``train_fraction`` (``None``: the recipe's own) override the recipe's, and the
     recipe written is the one trained. ``include_val`` trains on train + val (a final model):
     the val scores are then not held out, which metrics.json says. A folder that holds an
-    earlier run is refused before training starts, unless ``overwrite``.
+    earlier run is refused before training starts, unless ``overwrite``. metrics.json records
+    this process's versions and plugins, and where they differ from those the recipe's
+    provenance names (also said as warnings). Stages the recipe's techniques need are cached
+    in ``out/stages``; an identical one (same stage recipe, data and versions) in a
+    ``reuse_stages`` folder (the search's, beside its best_recipe.yaml) is reused instead.
     """
     check_run_folder(out, overwrite)
     recipe = _overridden(recipe, seed, train_fraction)
+    for line in version_differences(recipe):  # said before the training, recorded after it
+        logger.warning(line)
     data = load_data(recipe.data)  # user errors surface before anything is written
     if include_val:
         data = with_validation_in_train(data)
-    pm = training_manager(recipe)
+    pm = training_manager(recipe, extra_plugins=[
+        StageDirectory(run_stage_dir(out), reuse=[p for p in reuse_stages
+                                                  if p.resolve() != run_stage_dir(out).resolve()])])
     state = prepare(recipe, data, pm, resolve_device(device), compile=compile)
     fit(state, pm, on_epoch=(lambda st, m: progress(st.epoch + 1, st.epochs, m))
         if progress else None)
@@ -63,9 +76,22 @@ def replay(recipe: Recipe, out: Path, *, device: str | None = None,
                           "images the model was trained on, not held out")
     if recipe.provenance:  # where the recipe came from (automl.provenance), kept with the run
         record["recipe_provenance"] = recipe.provenance
+    record["environment"] = environment()  # the versions and plugins of this training
+    differences = version_differences(recipe, record["environment"])
+    if differences:
+        record["environment_differences"] = differences
     write_atomic(out / "metrics.json", json.dumps(record, indent=2) + "\n")
     write_atomic(out / "recipe.yaml", recipe.to_yaml())
     return metrics
+
+
+def version_differences(recipe: Recipe, current: dict | None = None) -> list[str]:
+    """Where this process's versions and plugins differ from those that trained the recipe
+    (its provenance), one line each."""
+    p = recipe.provenance or {}
+    trained = (f"trial {p['trial']} of study '{p['study']}' was trained"
+               if "study" in p and "trial" in p else "the recipe was trained")
+    return environment_differences(p, trained, current)
 
 
 def check_run_folder(out: Path, overwrite: bool = False) -> None:

@@ -10,6 +10,17 @@ import click
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.objectives import (
+    PRUNING_OFF,
+    best_trial,
+    format_metric,
+    front_lines,
+    is_multi_objective,
+    pareto_front,
+    primary_value,
+    study_metrics,
+    values_text,
+)
 from automl.recipe import Recipe
 
 __all__ = ["ConsoleReporter", "SilentReporter", "trials_table", "ranked_trials", "format_table",
@@ -52,9 +63,15 @@ class ConsoleReporter:
     def search_start(self, study, settings, todo) -> None:
         done = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
         resumed = f", resuming with {done} trial(s) done" if done else ""
+        if settings.multi_objective:
+            objectives = "metrics " + ", ".join(
+                f"{m} ({d})" for m, d in zip(settings.metrics, settings.directions, strict=True))
+            pruning = f"; {PRUNING_OFF}"
+        else:
+            objectives, pruning = f"metric {self.metric} ({settings.direction})", ""
         click.echo(f"study '{settings.study_name}' in {settings.run_dir}{resumed}: "
                    f"{todo} trial(s) to run, sampler {settings.sampler}, "
-                   f"pruner {settings.pruner}, metric {self.metric} ({settings.direction})")
+                   f"pruner {'none' if pruning else settings.pruner}, {objectives}{pruning}")
 
     def trial_start(self, trial: optuna.Trial, recipe: Recipe) -> None:
         self._trial_started = time.perf_counter()
@@ -75,36 +92,39 @@ class ConsoleReporter:
     def trial_end(self, study: optuna.Study, trial: FrozenTrial, new_best: bool) -> None:
         if self.live:
             click.echo("\r\033[K", nl=False)
-        value = _value(trial)
+        multi = is_multi_objective(study)
+        value = (values_text(trial, study_metrics(study)) if multi
+                 else f"{self.metric} {_value(trial)}")
         state = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned",
                  TrialState.FAIL: "failed"}.get(trial.state, trial.state.name.lower())
         epochs = trial.user_attrs.get("epochs_run", len(trial.intermediate_values))
         base = " (baseline)" if trial.user_attrs.get("baseline") else (
             f" (known recipe {trial.user_attrs['warm_start']})"
             if "warm_start" in trial.user_attrs else "")
-        mark = "  * new best" if new_best else ""
+        mark = ("  * on the Pareto front" if multi else "  * new best") if new_best else ""
         why = why_ended(trial)
         if why:
             mark += f"  ({why})"
         seconds = time.perf_counter() - getattr(self, "_trial_started", self.started)
         click.echo(f"trial {trial.number:>3}  {state:<6}  epochs {epochs:>3}  "
-                   f"{self.metric} {value}  {self._best_text(study)}  "
+                   f"{value}  {self._best_text(study)}  "
                    f"{seconds:5.1f}s{base}{mark}")
         self.last_line = time.perf_counter()
 
     @staticmethod
     def _best_text(study: optuna.Study) -> str:
         try:
-            best = study.best_trial
+            best = best_trial(study)
         except ValueError:
             return "best -"
-        return f"best {best.value:.4f} (trial {best.number})"
+        return f"best {primary_value(best):.4f} (trial {best.number})"
 
 
 def _score(trial: FrozenTrial) -> float | None:
-    """The final value, or for a pruned trial its last reported score."""
-    if trial.value is not None:
-        return trial.value
+    """The final value (of the first metric), or for a pruned trial its last reported
+    score."""
+    if trial.values:
+        return primary_value(trial)
     if trial.intermediate_values:
         return trial.intermediate_values[max(trial.intermediate_values)]
     return None
@@ -116,15 +136,18 @@ def _value(trial: FrozenTrial) -> str:
 
 
 def ranked_trials(study: optuna.Study, top: int | None = None) -> list[FrozenTrial]:
-    """Finished trials, best first (complete ones by value, then pruned by last score)."""
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    """Finished trials, best first (complete ones by value, then pruned by last score;
+    with several metrics, the Pareto front first, each group by the first metric)."""
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     trials = [t for t in study.get_trials(deepcopy=False)
               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    front = {t.number for t in pareto_front(trials, study.directions)} \
+        if is_multi_objective(study) else set()
 
     def key(t: FrozenTrial):
         score = _score(t)
         score = float("-inf") if score is None else (score if maximize else -score)
-        return (t.state == TrialState.COMPLETE, score)
+        return (t.state == TrialState.COMPLETE, t.number in front, score)
 
     trials.sort(key=key, reverse=True)
     return trials[:top] if top else trials
@@ -141,13 +164,20 @@ def why_ended(trial: FrozenTrial) -> str | None:
 
 def trials_table(study: optuna.Study, metric: str, top: int = 5) -> str:
     """A text table of the best trials with their techniques and parameters by name; a
-    trial that ended early has its reason on the line below."""
-    rows = [["trial", "state", metric, "epochs", "techniques"]]
+    trial that ended early has its reason on the line below. With several metrics, one
+    column each, and the Pareto front's trials marked."""
+    metrics = study_metrics(study) if is_multi_objective(study) else [metric]
+    trials = ranked_trials(study, top)
+    front = {t.number for t in pareto_front(study.get_trials(deepcopy=False),
+                                            study.directions)} if len(metrics) > 1 else set()
+    rows = [["trial", "state", *metrics, "epochs", "techniques"]]
     notes = {}
-    for t in ranked_trials(study, top):
+    for t in trials:
         recipe = t.user_attrs.get("recipe", {})
+        state = t.state.name.lower() + (" (front)" if t.number in front else "")
+        scores = [_value(t)] if len(metrics) == 1 else _values(t, len(metrics))
         rows.append([str(t.number) + ("*" if t.user_attrs.get("baseline") else ""),
-                     t.state.name.lower(), _value(t),
+                     state, *scores,
                      str(t.user_attrs.get("epochs_run", len(t.intermediate_values))),
                      _techniques_text(recipe.get("techniques", {}))])
         if why_ended(t):
@@ -156,6 +186,13 @@ def trials_table(study: optuna.Study, metric: str, top: int = 5) -> str:
     for row in sorted(notes, reverse=True):
         lines.insert(row + 1, notes[row])
     return "\n".join(lines) + "\n(* = baseline: the space's defaults)"
+
+
+def _values(trial: FrozenTrial, count: int) -> list[str]:
+    """Each metric's final value; a pruned or failed trial has none."""
+    if not trial.values:
+        return ["   -  "] * count
+    return [format_metric(v) for v in trial.values]
 
 
 def _techniques_text(techniques: dict) -> str:
@@ -184,6 +221,7 @@ def summary_lines(study: optuna.Study, where: str | None = None) -> list[str]:
     lines = [f"study '{study.study_name}'{f' in {where}' if where else ''}: {len(trials)} "
              f"trials: {counts}"]
     lines.append(_against_baseline(study, trials))
+    lines += front_lines(study, trials)  # several metrics: the Pareto front
     failed = [t.number for t in trials if t.state == TrialState.FAIL]
     if failed:
         lines.append(f"failed: trial(s) {', '.join(map(str, failed[:10]))}"
@@ -201,17 +239,19 @@ def _against_baseline(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     except ValueError:
         return "best: none yet (no trial finished)"
     base = next((t for t in trials if t.user_attrs.get("baseline")), None)
-    head = f"best: trial {best.number}, {metric} {best.value:.4f}"
+    head = f"best: trial {best.number}, {metric} {primary_value(best):.4f}"
     if base is None:
         return f"{head}; no baseline trial in this study"
     if base.number == best.number:
         return f"{head}: the baseline (the space's defaults); no searched recipe beat it"
     if base.state != TrialState.COMPLETE:
         return f"{head}; the baseline (trial {base.number}) {_ended_text(base)}, no margin"
-    diff = best.value - base.value
-    better = diff > 0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else diff < 0
-    relative = f", {abs(diff) / abs(base.value):.1%}" if base.value else ""
-    return (f"{head}; baseline (trial {base.number}) {base.value:.4f}: the best is "
+    best_value, base_value = primary_value(best), primary_value(base)
+    diff = best_value - base_value
+    better = diff > 0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE \
+        else diff < 0
+    relative = f", {abs(diff) / abs(base_value):.1%}" if base_value else ""
+    return (f"{head}; baseline (trial {base.number}) {base_value:.4f}: the best is "
             f"{'better' if better else 'no better'} by {abs(diff):.4f}{relative}")
 
 
@@ -238,11 +278,16 @@ def trial_details(study: optuna.Study, number: int) -> str:
     label = (" (baseline)" if attrs.get("baseline") else
              f" (known recipe {attrs['warm_start']})" if "warm_start" in attrs else "")
     state = "failed" if trial.state == TrialState.FAIL else trial.state.name.lower()
-    lines = [f"trial {trial.number}{label}: {state}",
-             f"  {metric}: {_value(trial).strip()}",
+    scores = ([f"  {m}: {v}" for m, v in zip(study_metrics(study),
+                                              _values(trial, len(study.directions)),
+                                              strict=False)]
+              if is_multi_objective(study) else [f"  {metric}: {_value(trial).strip()}"])
+    lines = [f"trial {trial.number}{label}: {state}", *[s.rstrip() for s in scores],
              f"  epochs: {attrs.get('epochs_run', len(trial.intermediate_values))}"]
     if attrs.get("seconds") is not None:
         lines.append(f"  seconds: {attrs['seconds']}")
+    if attrs.get("stage_seconds") is not None:  # building or reading its stages (a teacher)
+        lines.append(f"  stage seconds: {attrs['stage_seconds']} (not in seconds)")
     if attrs.get("ended_early"):
         lines.append(f"  ended early: {attrs['ended_early']}")
     if attrs.get("fail_reason") and attrs.get("fail_reason") != attrs.get("ended_early"):

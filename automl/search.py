@@ -68,7 +68,11 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
             raise
     elif todo:
         run_trials(study, space, context, data)
-    if settings.confirmations() and all_finished(study):
+    if settings.confirmations() and settings.multi_objective:
+        reporter.note(f"confirmation skipped: it re-runs trials to compare one score, and "
+                      f"this study has {len(settings.metrics)} metrics (the Pareto front "
+                      "below is from single runs)")
+    elif settings.confirmations() and all_finished(study):
         with recording(settings, "confirming the best trials"):
             confirm(study, settings.confirmations(), settings.confirm_seeds,
                     settings.confirm_splits, trainer_for(context), reporter.note)

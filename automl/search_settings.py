@@ -27,7 +27,7 @@ class SearchSettings:
     seed: int
     sampler: str
     pruner: str
-    metric: str
+    metric: str  # the first of ``metrics``: what tables and curves show
     direction: str
     min_resource: int | str = "auto"  # first rung of Hyperband/SHA, or the median's warmup
     reduction_factor: int = 3
@@ -42,6 +42,19 @@ class SearchSettings:
     gpus: str | None = None  # "all" or "0,2": one set of ``jobs`` workers per listed GPU
     compile: bool = False  # train through torch.compile
     log: tuple[str, ...] = ()  # experiment trackers (automl.tracking): tensorboard, mlflow
+    #: Every metric the study optimises and its direction (several: a multi-objective study,
+    #: see automl.objectives); empty: ``metric`` and ``direction`` alone.
+    metrics: tuple[str, ...] = ()
+    directions: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.metrics = tuple(self.metrics) or (self.metric,)
+        self.directions = tuple(self.directions) or (self.direction,)
+
+    @property
+    def multi_objective(self) -> bool:
+        """Several metrics: Optuna keeps a Pareto front and cannot prune."""
+        return len(self.metrics) > 1
 
     @classmethod
     def from_space(cls, space: SearchSpace, *, study_name: str, run_dir: Path,
@@ -58,7 +71,8 @@ class SearchSettings:
                    warm_start=study["warm_start"],
                    confirm_top=study["confirm_top"], confirm_seeds=study["confirm_seeds"],
                    confirm_splits=study["confirm_splits"], device=device, jobs=jobs, gpus=gpus,
-                   compile=compile, log=tuple(log))
+                   compile=compile, log=tuple(log), metrics=tuple(study.get("metrics", ())),
+                   directions=tuple(study.get("directions", ())))
 
     def first_rung(self, max_epochs: int) -> int:
         """The earliest epoch a trial may be pruned at: unless set, the longest training over

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,13 +23,21 @@ from optuna.distributions import (
     distribution_to_json,
 )
 
-from automl.data.settings import DATA_ACCESS_KEYS, DATA_KEYS
+from automl.data.settings import DATA_ACCESS_KEYS, DATA_KEYS, unlabelled_problem
 from automl.discovery import hook_order
 from automl.errors import ConfigError
+from automl.objectives import CORE_METRICS, MetricProblem, parse_objectives
 from automl.provenance import checked_provenance
 from automl.recipe import Recipe
 from automl.search_algorithms import PRUNERS, SAMPLERS
-from automl.technique import NOT_APPLICABLE, Technique, When, conditional_name, contains
+from automl.technique import (
+    NOT_APPLICABLE,
+    Technique,
+    When,
+    conditional_name,
+    conflict,
+    contains,
+)
 from automl.yamlio import Lines, load_yaml
 
 if TYPE_CHECKING:
@@ -53,12 +62,10 @@ DEFAULT_STUDY: dict[str, Any] = {
     # the top trials re-run with more seeds before the best is named (automl.confirm)
     "confirm_top": "auto", "confirm_seeds": 2, "confirm_splits": False,
 }
-#: The metrics a study can optimise, and the way each improves: losses fall, accuracies rise.
-#: A study's ``direction`` follows its metric unless given, and one against its metric is
-#: refused (Optuna would keep the worst trial as the best). Every metric a space may name is
-#: here, so no study runs in a guessed direction.
-METRIC_DIRECTIONS = {"val/acc1": "maximize", "val/loss": "minimize",
-                     "val/balanced_acc": "maximize"}
+#: The core's metrics and the way each improves (techniques declare theirs:
+#: automl.objectives). A study's ``direction`` follows its metric unless given, and one
+#: against its metric is refused (Optuna would keep the worst trial as the best).
+METRIC_DIRECTIONS = CORE_METRICS
 METRICS = tuple(METRIC_DIRECTIONS)
 #: The key of a space definition that names the version of the rules it was made under: 2
 #: added the required techniques a space leaves out and the order hooks call techniques in.
@@ -161,12 +168,11 @@ class SearchSpace:
         return keys
 
     def sample(self, trial: optuna.Trial) -> Recipe:
-        """Ask the trial for every free value; parameters of an off technique are not asked."""
+        """Ask the trial for every free value; parameters of an off technique are not asked,
+        nor is the on/off of one that conflicts with a technique already on."""
         chosen: dict[str, dict[str, Any]] = {}
-        for t in self.techniques.values():
-            on = t.enabled
-            if on is None:
-                on = trial.suggest_categorical(f"{t.name}.enabled", [False, True])
+        for t, on, _ in self._switched(
+                lambda t: trial.suggest_categorical(f"{t.name}.enabled", [False, True])):
             if on:
                 chosen[t.name] = t.sample(trial)
         return Recipe(model=self.model, data=dict(self.data), epochs=self.epochs,
@@ -184,8 +190,8 @@ class SearchSpace:
     def definition(self) -> dict[str, str]:
         """What makes trials of this space comparable, as flat strings: model, data (without
         where the files live), epochs, seed, every technique's parameters and ranges (the
-        required ones too when left out), the order in which each hook calls the techniques
-        that share it, and the version of these rules. A study stores it, so resuming with
+        required ones too when left out) and their stages' settings, the order in which each
+        hook calls the techniques that share it, and the version of these rules. A study stores it, so resuming with
         another space, or under other order rules, is caught; the order of the file is not
         part of it."""
         items = {"model": self.model, "epochs": str(self.epochs), "seed": str(self.seed),
@@ -197,6 +203,9 @@ class SearchSpace:
             for p, v in t.params.items():
                 items[f"{t.name}.{p}"] = (distribution_to_json(v) if isinstance(v, BaseDistribution)
                                           else v.to_json() if isinstance(v, When) else repr(v))
+            if t.enabled is not False:  # a stage's settings that are not parameters
+                for k, v in sorted(t.cls.stage_settings.items()):
+                    items[f"{t.name}.stage.{k}"] = repr(v)
         used = [t.cls for t in self.techniques.values() if t.enabled is not False]
         for hook, names in hook_order(used).items():
             items[f"order.{hook}"] = ", ".join(names)
@@ -220,13 +229,48 @@ class SearchSpace:
         technique left out is off, a value left out is the default) that this space can
         sample: what it fixes stays fixed, values are clipped into its ranges."""
         params: dict[str, Any] = {}
-        for t in self.techniques.values():
-            on = t.enabled if t.enabled is not None else t.name in techniques
-            if t.enabled is None:
+        for t, on, blocker in self._switched(lambda t: t.name in techniques):
+            if t.enabled is None and blocker is None:
                 params[f"{t.name}.enabled"] = on
             if on:
                 params.update(t.trial_params(techniques.get(t.name, {})))
         return params
+
+    def conflicts_left_off(self, techniques: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """``(left off, kept, why)`` for each technique of ``techniques`` that
+        :meth:`params_for` leaves off because it conflicts with one kept on."""
+        return [(t.name, blocker, conflict(t.cls, self.techniques[blocker].cls) or "")
+                for t, _, blocker in self._switched(lambda t: t.name in techniques)
+                if blocker is not None and t.name in techniques]
+
+    def _switched(self, wanted: Callable[[TechniqueSpace], bool]
+                  ) -> Iterator[tuple[TechniqueSpace, bool, str | None]]:
+        """Each technique in the canonical order, whether it is on, and the technique already
+        on (fixed on, or earlier in the order) that keeps it off when they conflict. A
+        technique the space fixes is as fixed; a searched one that no conflict keeps off is
+        on when ``wanted(t)`` says so, asked only then (a trial's define-by-run order)."""
+        on_names = [name for name, t in self.techniques.items() if t.enabled]
+        for t in self.techniques.values():
+            if t.enabled is not None:
+                yield t, t.enabled, None
+                continue
+            blocker = next((name for name in on_names
+                            if conflict(t.cls, self.techniques[name].cls)), None)
+            on = blocker is None and bool(wanted(t))
+            if on:
+                on_names.append(t.name)
+            yield t, on, blocker
+
+    def check_conflicts(self, fail: Callable[[tuple[str, ...], str], None]) -> None:
+        """Refuse two techniques fixed on (or required) that cannot work together."""
+        on = [t for t in self.techniques.values() if t.enabled]
+        for i, a in enumerate(on):
+            for b in on[i + 1:]:
+                why = conflict(a.cls, b.cls)
+                if why:
+                    fail(("techniques", b.name if b.listed else a.name),
+                         f"'{a.name}' and '{b.name}' cannot both be on: {why}; set "
+                         "enabled: false on one (or leave it to the search)")
 
 
 def definition_difference(stored: dict[str, str], current: dict[str, str]) -> str | None:
@@ -331,13 +375,34 @@ def parse_space(data: Any, lines: Lines, file: str,
             p.fail(key, f"unknown technique '{name}'{_did_you_mean(name, catalog)}; valid: "
                    + ", ".join(sorted(catalog)))
         space.techniques[name] = _parse_technique(p, key, catalog[name], entry)
+        if catalog[name].needs_unlabelled and space.techniques[name].enabled is not False:
+            problem = unlabelled_problem(space.data)
+            p.expect(problem is None, key, f"{name} {problem}")
     for cls in catalog.values():
         if not cls.optional and cls.name not in space.techniques:
             space.techniques[cls.name] = _required_at_defaults(p, cls)
     # By name, whatever the file's order: the order of sampling and of a recipe's techniques
     # (the order hooks call them in is the plugin manager's: automl.discovery).
     space.techniques = dict(sorted(space.techniques.items()))
+    space.check_conflicts(p.fail)
+    _parse_objectives(p, space, data.get("study") or {}, catalog)
     return space
+
+
+def _parse_objectives(p: _Parser, space: SearchSpace, study: Any,
+                      catalog: dict[str, type[Technique]]) -> None:
+    """``study.metric`` (one name or a list) and its ``direction``, checked against the
+    techniques on in every trial; ``space.study`` gets ``metrics`` and ``directions`` (lists)
+    and ``metric``/``direction`` (the first of each)."""
+    try:
+        metrics, directions = parse_objectives(
+            space.study["metric"], study.get("direction") if isinstance(study, dict) else None,
+            space.techniques, catalog)
+    except MetricProblem as exc:
+        p.fail(("study", exc.key), exc.message)
+        raise  # not reached: fail() raises
+    space.study.update(metric=metrics[0], direction=directions[0], metrics=metrics,
+                       directions=directions)
 
 
 def _required_at_defaults(p: _Parser, cls: type[Technique]) -> TechniqueSpace:
@@ -423,16 +488,10 @@ def _parse_study(p: _Parser, study: Any) -> dict[str, Any]:
     p.expect(isinstance(study, dict), ("study",), "expected a mapping")
     p.known_keys(study, ("study",), tuple(DEFAULT_STUDY))
     out = {**DEFAULT_STUDY, **study}
-    for key, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("metric", METRICS),
-                       ("direction", ("maximize", "minimize"))):
+    for key, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
         p.expect(out[key] in valid, ("study", key),
                  f"unknown value {out[key]!r}; valid: {', '.join(valid)}")
-    natural = METRIC_DIRECTIONS[out["metric"]]
-    if "direction" not in study:
-        out["direction"] = natural
-    p.expect(out["direction"] == natural, ("study", "direction"),
-             f"{out['metric']} needs {natural}: {out['direction']!r} would keep the worst trial "
-             "as the best (leave direction out: it follows the metric)")
+    # metric and direction: checked by _parse_objectives, once the techniques are known
     p.expect(_is_int(out["n_trials"]) and out["n_trials"] >= 1, ("study", "n_trials"),
              f"expected an integer >= 1, got {out['n_trials']!r}")
     t = out["timeout"]

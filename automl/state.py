@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from automl.data import DataBundle
     from automl.recipe import Recipe
 
@@ -35,6 +37,10 @@ class TrainState:
     images: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # float32 outputs of the step's forward (None outside)
+    features: torch.Tensor | None = None  # the classifier's input of that forward (N×D)
+    closure: Any = None  # recomputes the step's gradients (see hookspecs.after_backward)
+    eval_model: Any = None  # the model under evaluation, between on_eval_start and on_eval_end
     accumulation_steps: int = 1  # micro-batches summed per optimizer step
     lr_scale: float = 1.0  # multiplies the optimizer's LR (the batch-size scaling rule)
     train_image_size: int = 0  # resolution batches are trained at (0 = stored size)
@@ -46,6 +52,7 @@ class TrainState:
     stop_reason: str = ""  # and why, shown on the trial's line ("early stopping: ...")
     history: list[dict[str, float]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    stage_dir: Path | None = None  # where stages are cached (automl.stages; None: default)
 
     @property
     def num_classes(self) -> int:

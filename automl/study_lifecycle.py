@@ -6,6 +6,7 @@ Everything here runs once per process (or once per new best), never per training
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import zlib
@@ -19,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from automl.confirm import chosen_trial
 from automl.errors import UserError
 from automl.fidelity import FIRST_RUNG, RUNG_TRUST
-from automl.provenance import with_provenance
+from automl.provenance import ENVIRONMENT, environment, environment_differences, with_provenance
 from automl.recipe import Recipe
 from automl.search_algorithms import make_pruner, make_sampler
 from automl.search_settings import SearchSettings
@@ -34,11 +35,15 @@ __all__ = ["create_study", "sampler_seed", "recording", "all_finished", "export_
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 BEST_RECIPE = "best_recipe.yaml"
+logger = logging.getLogger("automl")
 
 
-def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
-    """Create the study, or join it, refusing another objective or space; then make it hold
-    ``n_trials`` tickets (the first one the baseline)."""
+def create_study(space: SearchSpace, settings: SearchSettings,
+                 say_versions: bool = True) -> optuna.Study:
+    """Create the study, or join it, refusing another objective or space and saying (unless
+    not ``say_versions``: a --jobs worker, whose parent said it) where this process's
+    versions differ from those it was created with; then make it hold ``n_trials`` tickets
+    (the first one the baseline)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if settings.sampler == "cmaes" and is_rdb_url(settings.storage) and \
             not settings.storage.startswith("sqlite"):
@@ -48,12 +53,13 @@ def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(settings.storage, settings.run_dir)
     epochs = space.max_epochs()
-    pruner = make_pruner(settings.pruner, epochs, settings.first_rung(epochs),
-                         settings.reduction_factor, settings.startup_trials, settings.rung_trust)
+    pruner = make_pruner("none" if settings.multi_objective else settings.pruner, epochs,
+                         settings.first_rung(epochs), settings.reduction_factor,
+                         settings.startup_trials, settings.rung_trust)
     with recording(settings, "opening the study"):
         try:
             study = optuna.create_study(study_name=settings.study_name, storage=storage,
-                                        pruner=pruner, direction=settings.direction)
+                                        pruner=pruner, directions=list(settings.directions))
             created = True
         except optuna.exceptions.DuplicatedStudyError:
             study = optuna.load_study(study_name=settings.study_name, storage=storage,
@@ -62,10 +68,16 @@ def create_study(space: SearchSpace, settings: SearchSettings) -> optuna.Study:
         if created:
             study.set_user_attr(FIRST_RUNG, settings.first_rung(epochs))
             study.set_user_attr("metric", settings.metric)
+            study.set_user_attr("metrics", list(settings.metrics))
             study.set_user_attr("space", space.source)
             study.set_user_attr("space_definition", space.definition())
+            study.set_user_attr(ENVIRONMENT, environment())
         wait_for_plan(study, created)
     check_same_study(study, space, settings)
+    if not created and say_versions:
+        for line in environment_differences(study.user_attrs.get(ENVIRONMENT),
+                                            f"study '{settings.study_name}' was created"):
+            logger.warning(line)
     with recording(settings, "recording the pruning threshold"):
         if study.user_attrs.get(RUNG_TRUST) != settings.rung_trust:
             study.set_user_attr(RUNG_TRUST, settings.rung_trust)  # for `automl show`
@@ -118,13 +130,15 @@ def check_same_study(study: optuna.Study, space: SearchSpace,
                       settings: SearchSettings) -> None:
     """Refuse to resume a study under another metric, direction or space (results would mix,
     and the sampler would learn from trials of another problem); name what differs."""
-    stored_metric = study.user_attrs.get("metric", settings.metric)
-    stored_direction = study.direction.name.lower()
+    stored_metrics = study.user_attrs.get("metrics") or \
+        [study.user_attrs.get("metric", settings.metric)]
+    stored_directions = [d.name.lower() for d in study.directions]
     hint = "use another --study-name or --out"
-    if (stored_metric, stored_direction) != (settings.metric, settings.direction):
-        raise UserError(
-            f"study '{settings.study_name}' optimises {stored_metric} ({stored_direction}), "
-            f"not {settings.metric} ({settings.direction}); {hint}")
+    if (list(stored_metrics), stored_directions) != (list(settings.metrics),
+                                                     list(settings.directions)):
+        was = _objectives(stored_metrics, stored_directions)
+        raise UserError(f"study '{settings.study_name}' optimises {was}, not "
+                        f"{_objectives(settings.metrics, settings.directions)}; {hint}")
     stored = study.user_attrs.get("space_definition")
     if stored is None:
         return
@@ -132,6 +146,12 @@ def check_same_study(study: optuna.Study, space: SearchSpace,
     if difference:
         raise UserError(f"study '{settings.study_name}' was run with another space: "
                         f"{difference}; {hint}")
+
+
+def _objectives(metrics, directions) -> str:
+    """``val/acc1 (maximize)``, or ``[val/acc1 (maximize), model/params (minimize)]``."""
+    text = ", ".join(f"{m} ({d})" for m, d in zip(metrics, directions, strict=False))
+    return f"[{text}]" if len(metrics) > 1 else text
 
 
 def trial_recipe(trial: FrozenTrial) -> Recipe:

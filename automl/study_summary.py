@@ -16,6 +16,14 @@ from datetime import datetime
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from automl.objectives import (
+    best_trial,
+    is_multi_objective,
+    pareto_front,
+    primary_value,
+    study_metrics,
+)
+
 __all__ = ["StudySummary", "TrialRow", "Progress", "Effect", "Contender", "FailureGroup",
            "summarize", "trial_rows", "space_techniques", "best_so_far", "technique_effects",
            "welch_interval", "param_importances", "contenders", "failure_groups",
@@ -145,11 +153,15 @@ class StudySummary:
     importance_note: str
     contenders: list[Contender]
     failures: list[FailureGroup]
+    #: Every metric of the study (several: ``metric`` is the first, and ``front`` holds the
+    #: Pareto front as (trial, its values), the chosen trial first).
+    metrics: list[str] = field(default_factory=list)
+    front: list[tuple[int, list[float]]] = field(default_factory=list)
 
 
 def summarize(study: optuna.Study) -> StudySummary:
     trials = study.get_trials(deepcopy=False)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    maximize = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
     counts: dict[str, int] = defaultdict(int)
     for t in trials:
         counts[_state(t)] += 1
@@ -160,7 +172,21 @@ def summarize(study: optuna.Study) -> StudySummary:
         rows=trial_rows(study), by_trial=best_so_far(study, "trial"),
         by_time=best_so_far(study, "time"), effects=technique_effects(study),
         importances=importances, importance_note=note, contenders=contenders(study),
-        failures=failure_groups(study))
+        failures=failure_groups(study), metrics=study_metrics(study),
+        front=pareto_rows(study, trials))
+
+
+def pareto_rows(study: optuna.Study, trials: list[FrozenTrial]) -> list[tuple[int, list[float]]]:
+    """A multi-objective study's Pareto front as (trial, values), the trial named best
+    (:data:`automl.objectives.CHOSEN_RULE`) first; [] for one metric."""
+    if not is_multi_objective(study):
+        return []
+    front = pareto_front(trials, study.directions)
+    if not front:
+        return []
+    chosen = best_trial(study, trials).number
+    front.sort(key=lambda t: (t.number != chosen, t.number))
+    return [(t.number, list(t.values)) for t in front]
 
 
 def trial_rows(study: optuna.Study) -> list[TrialRow]:
@@ -203,14 +229,15 @@ def best_so_far(study: optuna.Study, by: str = "trial") -> list[Progress]:
         done.sort(key=lambda t: (t.datetime_complete or datetime.max, t.number))
     elif by != "trial":
         raise ValueError(f"by must be 'trial' or 'time', not {by!r}")
-    better = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    better = max if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else min
     progress: list[Progress] = []
     best = None
     for t in done:
-        best = t.value if best is None else better(best, t.value)
+        value = primary_value(t)
+        best = value if best is None else better(best, value)
         elapsed = ((t.datetime_complete - first).total_seconds()
                    if first and t.datetime_complete else math.nan)
-        progress.append(Progress(t.number, elapsed, t.value, best))
+        progress.append(Progress(t.number, elapsed, value, best))
     return progress
 
 
@@ -222,8 +249,8 @@ def technique_effects(study: optuna.Study, confidence: float = CONFIDENCE) -> li
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     effects = []
     for name in space_techniques(study):
-        on = [t.value for t in done if name in _techniques(t)]
-        off = [t.value for t in done if name not in _techniques(t)]
+        on = [primary_value(t) for t in done if name in _techniques(t)]
+        off = [primary_value(t) for t in done if name not in _techniques(t)]
         effect = Effect(name, on, off)
         if not on or not off:
             effect.note = "no contrast" + (f" (on in all {len(on)})" if on else
@@ -266,8 +293,10 @@ def param_importances(study: optuna.Study) -> tuple[dict[str, float], str]:
     if len(done) < MIN_IMPORTANCE_TRIALS:
         return {}, (f"not computed: {len(done)} finished trial(s); parameter importance needs "
                     f"at least {MIN_IMPORTANCE_TRIALS}")
+    target = primary_value if is_multi_objective(study) else None  # the first metric's
     try:
-        found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+        found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0),
+                                      target=target)
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:
         return {}, f"not computed: {exc}"
     found = {k: float(v) for k, v in found.items() if math.isfinite(v)}
@@ -290,16 +319,16 @@ def contenders(study: optuna.Study) -> list[Contender]:
     found: list[Contender] = []
 
     def add(role: str, trial: FrozenTrial | None) -> None:
-        if trial is not None and trial.value is not None:
+        if trial is not None and primary_value(trial) is not None:
             values = runs.get(trial.number, [])
             finite = [v for v in values if math.isfinite(v)]
-            found.append(Contender(role, trial.number, trial.value, _techniques(trial),
+            found.append(Contender(role, trial.number, primary_value(trial), _techniques(trial),
                                    finite, len(values) - len(finite)))
 
     add("baseline", next((t for t in by_number.values() if t.user_attrs.get("baseline")
                           and t.state == TrialState.COMPLETE), None))
     try:
-        add("best single score", study.best_trial)
+        add("best single score", best_trial(study))  # several metrics: of the first
     except ValueError:  # no completed trial
         pass
     if study.user_attrs.get(CONFIRMED_BEST) is not None:
@@ -337,8 +366,8 @@ def _state(trial: FrozenTrial) -> str:
 
 
 def _score(trial: FrozenTrial) -> float | None:
-    if trial.value is not None:
-        return trial.value
+    if trial.values:
+        return primary_value(trial)
     if trial.state == TrialState.PRUNED and trial.intermediate_values:
         return trial.intermediate_values[max(trial.intermediate_values)]
     return None

@@ -25,8 +25,8 @@ from optuna.distributions import (
 
 from automl.optuna_adapter import distribution_contains as contains  # Optuna's own check
 
-__all__ = ["Technique", "When", "contains", "describe_distribution", "describe_parameter",
-           "markdown_table"]
+__all__ = ["Technique", "When", "conflict", "conflicts_of", "contains", "describe_distribution",
+           "describe_parameter", "markdown_table"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _SECTION = re.compile(r"^([A-Z][a-z]+):\s*(.*)$")
@@ -98,6 +98,22 @@ class Technique:
     optional: ClassVar[bool] = True
     #: Whether the baseline trial uses this technique (optional techniques only).
     default_enabled: ClassVar[bool] = False
+    #: Whether it trains on ``state.data.unlabelled`` (semi-supervised): a space that does not
+    #: turn it off must give unlabelled images (``data.labelled_fraction`` below 1, or a
+    #: folder with ``unlabelled/``), or it is refused when read.
+    needs_unlabelled: ClassVar[bool] = False
+    #: Techniques this one cannot work with: another technique's name -> why. Declared on
+    #: either side (see :func:`conflict`): the search never turns both on, and a space or
+    #: recipe that fixes both on is refused.
+    conflicts: ClassVar[dict[str, str]] = {}
+    #: The metrics this technique's ``evaluate`` hook returns (names without the split
+    #: prefix) and the way each improves, ``{"robust_acc": "maximize"}``: a study may then
+    #: optimise ``val/robust_acc`` when the technique is on in every trial (automl.objectives).
+    metrics: ClassVar[dict[str, str]] = {}
+    #: Settings of this technique's stages (:meth:`stages`) that are not parameters (a
+    #: teacher's own techniques): part of a study's definition, so a release that changes
+    #: them is refused on resume like a changed space (automl.stages).
+    stage_settings: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.space))
@@ -170,6 +186,28 @@ class Technique:
         space (values fixed or distributions); the pruner's budget spans it. Default 1."""
         return 1.0
 
+    def stages(self, recipe: Any) -> list[Any]:
+        """The :class:`automl.stages.Stage` s this technique needs run before training,
+        derived from its parameters, ``recipe`` and :attr:`stage_settings` only. Default
+        none."""
+        return []
+
+    def stage_artifact_path(self, state: Any, name: str) -> Any:
+        """The file of this technique's stage ``name``, built on first use and cached for
+        the study (:func:`automl.stages.artifact_path`)."""
+        from automl.stages import artifact_path
+
+        found = [s for s in self.stages(state.recipe) if s.name == name]
+        if not found:
+            raise KeyError(f"{self.name}: no stage named {name!r}")
+        return artifact_path(state, found[0])
+
+    def stage_artifact(self, state: Any, name: str) -> dict[str, Any]:
+        """The artifact (a dict, on the CPU) of this technique's stage ``name``."""
+        from automl.checkpoints import read_checkpoint
+
+        return read_checkpoint(self.stage_artifact_path(state, name))
+
     @classmethod
     def validate_class(cls) -> None:
         """Raise TypeError if the class is not a usable technique (checked at registration)."""
@@ -186,11 +224,47 @@ class Technique:
                                 "is outside its space")
         for param, when in cls.conditions.items():
             _validate_when(cls, where, param, when)
+        for metric, way in cls.metrics.items():
+            if not _NAME.match(str(metric)) or way not in ("maximize", "minimize"):
+                raise TypeError(f"{where}: metrics[{metric!r}] must map a snake_case name to "
+                                f"'maximize' or 'minimize', got {way!r}")
         extra = set(cls.defaults) - set(cls.space)
         if extra:
             raise TypeError(f"{where}: defaults for unknown parameters {sorted(extra)}")
+        _validate_conflicts(cls, where)
         if not cls.summary():
             raise TypeError(f"{where}: missing method card (class docstring)")
+
+
+def _validate_conflicts(cls: type[Technique], where: str) -> None:
+    """``conflicts`` maps other techniques' names to a reason (the name need not be
+    installed: a plugin may name another plugin's technique)."""
+    if not isinstance(cls.conflicts, dict):
+        raise TypeError(f"{where}: conflicts must be a dict of technique name -> reason")
+    for other, reason in cls.conflicts.items():
+        if not isinstance(other, str) or not _NAME.match(other):
+            raise TypeError(f"{where}: conflicts: {other!r} is not a technique name")
+        if other == cls.name:
+            raise TypeError(f"{where}: conflicts: a technique cannot conflict with itself")
+        if not isinstance(reason, str) or not reason.strip():
+            raise TypeError(f"{where}: conflicts[{other!r}]: expected a reason (a non-empty "
+                            "string)")
+
+
+def conflict(a: type[Technique], b: type[Technique]) -> str | None:
+    """Why ``a`` and ``b`` cannot both be on (declared by either of them), or None."""
+    return a.conflicts.get(b.name) or b.conflicts.get(a.name)
+
+
+def conflicts_of(cls: type[Technique], catalog: dict[str, type[Technique]]
+                 ) -> dict[str, str]:
+    """Every technique ``cls`` cannot be on with, by name, and why: its own declarations and
+    those of the catalog's techniques that name it."""
+    found = dict(cls.conflicts)
+    for name, other in catalog.items():
+        if cls.name in other.conflicts and name not in found:
+            found[name] = other.conflicts[cls.name]
+    return dict(sorted(found.items()))
 
 
 def _validate_when(cls: type[Technique], where: str, param: str, when: When) -> None:

@@ -176,8 +176,8 @@ class Tracking(_Recording):
         self.reporter.trial_start(trial, recipe)
         tags = {"optuna.study_name": self.settings.study_name,
                 "optuna.trial_number": str(trial.number),
-                "optuna.metric": self.settings.metric,
-                "optuna.direction": self.settings.direction,
+                "optuna.metric": ", ".join(self.settings.metrics),
+                "optuna.direction": ", ".join(self.settings.directions),
                 **{f"automl.{k}": str(v) for k, v in trial.user_attrs.items()
                    if k in ("baseline", "warm_start")}}
         self._each("start", trial.number, run_name(trial.number), trial_params(trial, recipe),

@@ -13,7 +13,7 @@ import gc
 import math
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -24,6 +24,7 @@ from automl.class_metrics import add_predictions, new_confusion
 from automl.data import DataBundle, ImageFiles, Split
 from automl.errors import UserError
 from automl.functional import resize
+from automl.objectives import model_metrics
 from automl.state import TrainState
 
 if TYPE_CHECKING:
@@ -98,9 +99,29 @@ def prepare(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager,
     state.optimizer = pm.hook.build_optimizer(state=state)
     state.scheduler = pm.hook.build_scheduler(state=state)
     pm.hook.build_loss(state=state)
-    pm.hook.on_train_start(state=state)
     state.train_model = torch.compile(state.model) if compile else state.model
+    _capture_features(state)
+    pm.hook.on_train_start(state=state)
     return state
+
+
+def _capture_features(state: TrainState) -> None:
+    """Keep the classifier's input of each training forward, for ``state.features``.
+
+    A forward pre-hook on timm's ``get_classifier()`` writes it to a private slot; the step
+    copies it to ``state.features`` right after its own forward, so forwards a technique makes
+    itself (a teacher, an attack, unlabelled data) never replace the batch's features.
+    """
+    get_classifier = getattr(state.model, "get_classifier", None)
+    classifier = get_classifier() if get_classifier is not None else None
+    if not isinstance(classifier, torch.nn.Module):
+        return
+
+    def keep(module, args):
+        if module.training:
+            state.extras["_features"] = args[0].flatten(1)
+
+    classifier.register_forward_pre_hook(keep)
 
 
 def model_kwargs(state: TrainState, pm: pluggy.PluginManager) -> dict:
@@ -113,15 +134,15 @@ def model_kwargs(state: TrainState, pm: pluggy.PluginManager) -> dict:
 
 
 def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback | None = None,
-        max_steps: int | None = None) -> None:
+        max_steps: int | None = None, validate: bool = True) -> None:
     """Train for ``state.epochs`` epochs, validating after each one.
 
     ``on_epoch(state, metrics)`` may raise (a pruner stopping the trial). ``max_steps`` stops
     early after that many optimizer steps (used by tests). With gradient accumulation, each
     optimizer step sums the gradients of ``accumulation_steps`` micro-batches.
+    ``validate=False`` evaluates no split at all (a stage, which must never see val or test).
     """
     hook, train = pm.hook, state.data.train
-    mixed_precision = autocast(state)
     micro = state.accumulation_steps
     for epoch in range(state.epochs):
         state.epoch = epoch
@@ -131,42 +152,82 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
         order = hook.epoch_order(state=state)
         loss_sum = torch.zeros((), device=state.device)
         batches = 0
+        step_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         batches_of_epoch = _batches(order, state.batch_size, state.steps_per_epoch * micro)
         for i, (images, targets) in enumerate(device_batches(train, batches_of_epoch, state)):
             state.images, state.targets = images, targets
             hook.augment_batch(state=state)
             state.images = resize(_normalise(state.images, mean, std), state.train_image_size)
             hook.on_batch(state=state)
-            with mixed_precision:
-                logits = state.train_model(state.images)
-                state.loss = state.loss_fn(logits.float(), state.targets)
-            hook.after_loss(state=state)
             if i % micro == 0:
                 state.optimizer.zero_grad(set_to_none=True)
-            (state.loss / micro if micro > 1 else state.loss).backward()
-            loss_sum += state.loss.detach()
+                step_batches = []
+            step_batches.append((state.images, state.targets))
+            loss = _forward_loss(state, hook)
+            (loss / micro if micro > 1 else loss).backward()
+            loss_sum += loss.detach()
             batches += 1
             if (i + 1) % micro:
                 continue
+            state.closure = _step_closure(state, hook, step_batches)
             hook.after_backward(state=state)
             state.optimizer.step()
             if state.scheduler is not None:
                 state.scheduler.step()
             hook.after_step(state=state)
             state.step += 1
+            state.logits = state.features = state.closure = None
+            step_batches = []
             if max_steps is not None and state.step >= max_steps:
                 break
+        state.logits = state.features = state.closure = None
         hook.on_epoch_end(state=state)
         train_loss = (loss_sum / max(batches, 1)).item()
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss is {train_loss} in epoch {state.epoch + 1}")
-        metrics = {"train/loss": train_loss, **evaluate(state, pm, state.data.val, "val")}
+        metrics = {"train/loss": train_loss, **model_metrics(state.model)}  # model/params
+        if validate:
+            metrics.update(evaluate(state, pm, state.data.val, "val"))
         state.history.append({"epoch": state.epoch + 1, **metrics})
-        hook.on_validation(state=state, metrics=dict(metrics))
+        if validate:
+            hook.on_validation(state=state, metrics=dict(metrics))
         if on_epoch is not None:
             on_epoch(state, metrics)
         if state.stop_training or (max_steps is not None and state.step >= max_steps):
             break
+    hook.on_train_end(state=state)
+
+
+def _forward_loss(state: TrainState, hook) -> torch.Tensor:
+    """Forward ``state.images``, then the composed loss: ``loss_fn`` and every ``after_loss``
+    term. Sets ``state.logits``, ``state.features`` and ``state.loss``; returns the loss."""
+    state.extras.pop("_features", None)
+    with autocast(state):
+        logits = state.train_model(state.images)
+    state.logits = logits.float()
+    state.features = state.extras.pop("_features", None)
+    state.loss = state.loss_fn(state.logits, state.targets)
+    hook.after_loss(state=state)
+    return state.loss
+
+
+def _step_closure(state: TrainState, hook, step_batches: list[tuple[torch.Tensor, torch.Tensor]]
+                  ) -> Callable[[], torch.Tensor]:
+    """``state.closure``: fresh gradients of this optimizer step's micro-batches (the batches
+    as the model saw them, after ``on_batch``), each through :func:`_forward_loss`."""
+    micro = len(step_batches)
+
+    def closure() -> torch.Tensor:
+        state.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=state.device)
+        for images, targets in step_batches:
+            state.images, state.targets = images, targets
+            loss = _forward_loss(state, hook)
+            (loss / micro if micro > 1 else loss).backward()
+            total += loss.detach()
+        return total / micro
+
+    return closure
 
 
 def evaluate(state: TrainState, pm: pluggy.PluginManager, split: Split, prefix: str,
@@ -183,30 +244,50 @@ def evaluate_with_confusion(state: TrainState, pm: pluggy.PluginManager, split: 
     """:func:`evaluate`'s metrics and the confusion matrix they are counted from (flat, on
     the device; :func:`automl.class_metrics.class_report` reads it). ``model``: evaluate this
     one instead of asking the ``eval_model`` hook (the model ``automl train`` saves)."""
-    confusion, loss_sum = _confusion(state, pm, split, max_batches, model)
-    matrix = confusion.view(state.num_classes, state.num_classes)
-    hits, counts = matrix.diagonal(), matrix.sum(1)
-    present = counts > 0
-    metrics = {f"{prefix}/acc1": (hits.sum() / counts.sum()).item(),
-               f"{prefix}/loss": (loss_sum / counts.sum()).item(),
-               f"{prefix}/balanced_acc": (hits[present] / counts[present]).mean().item()}
-    for extra in pm.hook.evaluate(state=state, metrics=dict(metrics)):
-        metrics.update({f"{prefix}/{k}": v for k, v in (extra or {}).items()})
-    return metrics, confusion
+    with _evaluation(state, pm, split, prefix, model) as metrics:
+        confusion, loss_sum = _confusion(state, pm, split, max_batches)
+        matrix = confusion.view(state.num_classes, state.num_classes)
+        hits, counts = matrix.diagonal(), matrix.sum(1)
+        present = counts > 0
+        metrics.update({f"{prefix}/acc1": (hits.sum() / counts.sum()).item(),
+                        f"{prefix}/loss": (loss_sum / counts.sum()).item(),
+                        f"{prefix}/balanced_acc": (hits[present] / counts[present]).mean().item()})
+        for extra in pm.hook.evaluate(state=state, metrics=dict(metrics), split=split,
+                                      prefix=prefix):
+            metrics.update({f"{prefix}/{k}": v for k, v in (extra or {}).items()})
+    return dict(metrics), confusion
 
 
-def class_recall(state: TrainState, pm: pluggy.PluginManager, split: Split) -> torch.Tensor:
+@contextmanager
+def _evaluation(state: TrainState, pm: pluggy.PluginManager, split: Split, prefix: str,
+                model: torch.nn.Module | None = None) -> Iterator[dict[str, float]]:
+    """One evaluation of ``split``: ``on_eval_start``, the evaluated model resolved once into
+    ``state.eval_model``, then ``on_eval_end`` with the metrics the body filled in."""
+    pm.hook.on_eval_start(state=state, split=split, prefix=prefix)
+    state.eval_model = model if model is not None else pm.hook.eval_model(state=state)
+    metrics: dict[str, float] = {}
+    try:
+        yield metrics
+        pm.hook.on_eval_end(state=state, split=split, prefix=prefix, metrics=dict(metrics))
+    finally:
+        state.eval_model = None
+
+
+def class_recall(state: TrainState, pm: pluggy.PluginManager, split: Split,
+                 prefix: str = "val") -> torch.Tensor:
     """Recall of every class on ``split`` (NaN for a class the split lacks)."""
-    matrix = _confusion(state, pm, split)[0].view(state.num_classes, state.num_classes)
+    with _evaluation(state, pm, split, prefix):
+        confusion = _confusion(state, pm, split)[0]
+    matrix = confusion.view(state.num_classes, state.num_classes)
     return (matrix.diagonal() / matrix.sum(1)).cpu()
 
 
 @torch.no_grad()
 def _confusion(state: TrainState, pm: pluggy.PluginManager, split: Split,
-               max_batches: int | None = None, model: torch.nn.Module | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The flat confusion matrix (true × predicted counts) and the summed loss, on device."""
-    model = model if model is not None else pm.hook.eval_model(state=state)
+               max_batches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat confusion matrix (true × predicted counts) and the summed loss of
+    ``state.eval_model``, on device."""
+    model = state.eval_model
     was_training = model.training
     model.eval()
     mean, std = _norm_tensors(state)

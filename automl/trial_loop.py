@@ -32,9 +32,11 @@ from automl.failures import (
 from automl.heartbeat import BEAT_SECONDS, beating, sweep_stale
 from automl.interrupts import Interrupted, raise_if_interrupted
 from automl.late_results import TrialWrites, result_holder
+from automl.objectives import objective_values, pareto_front
 from automl.provenance import ENVIRONMENT, environment
 from automl.recipe import Recipe
 from automl.search_context import SearchContext
+from automl.stages import STAGE_SECONDS, StageDirectory, run_stage_dir
 from automl.space import SearchSpace
 from automl.state import TrainState
 from automl.storage import StorageFailed
@@ -109,6 +111,7 @@ class TrialRun:
         self.known = trials  # the study's trials when this one was claimed
         self.model: weakref.ref | None = None
         self.writes = TrialWrites(study, trial)  # a sweep by another process loses nothing
+        self.stage_seconds = 0.0  # spent obtaining stage artifacts (not training time)
 
     def run(self) -> list[FrozenTrial]:
         """Train, tell the study, export a new best, report; a signal fails the trial and is
@@ -129,19 +132,19 @@ class TrialRun:
         finally:
             release_memory(self.context.device, self.model)
         frozen = result_holder(trials, trial.number)  # a new trial when it was swept
-        new_best = frozen.state == TrialState.COMPLETE and \
-            _best_number(trials, study.direction) == frozen.number
+        new_best = frozen.state == TrialState.COMPLETE and _new_best(study, trials, frozen)
         if new_best:
             export_best(study, self.settings.run_dir)
         self.context.reporter.trial_end(study, frozen, new_best)
         return trials
 
-    def _tell(self, state: TrialState, value: float | None) -> list[FrozenTrial]:
+    def _tell(self, state: TrialState, value: list[float] | None) -> list[FrozenTrial]:
         self.writes.tell(state, value)  # swept meanwhile: the result is kept as a new trial
         return self.study.get_trials(deepcopy=False)
 
-    def _train(self) -> tuple[TrialState, float | None]:
-        """Sample and train the trial; how it ended: COMPLETE with its value, PRUNED or FAIL
+    def _train(self) -> tuple[TrialState, list[float] | None]:
+        """Sample and train the trial; how it ended: COMPLETE with its values (one per
+        metric of the study), PRUNED or FAIL
         (the reason stored as the ``fail_reason`` user attr, a failure's traceback in its log
         file). A trial that ended before its last epoch says why in ``ended_early``."""
         trial, settings = self.trial, self.settings
@@ -158,7 +161,7 @@ class TrialRun:
         started = time.perf_counter()
         failure = pm = None
         try:
-            pm = self.context.training_manager(recipe)
+            pm = stage_aware_manager(self.context, recipe)
             history = train(recipe, self.data, pm, device=self.context.device,
                             on_epoch=self._on_epoch, compile=settings.compile).history
         except optuna.TrialPruned:
@@ -181,9 +184,10 @@ class TrialRun:
         final = history[-1]
         self.writes.set_user_attr("metrics", final)
         self.writes.set_user_attr("epochs_run", len(history))
-        self.writes.set_user_attr("seconds", round(time.perf_counter() - started, 2))
+        self.writes.set_user_attr(
+            "seconds", round(time.perf_counter() - started - self.stage_seconds, 2))
         self.writes.set_user_attr("threads", torch.get_num_threads())  # CPU results depend on it
-        return TrialState.COMPLETE, final[settings.metric]
+        return TrialState.COMPLETE, objective_values(final, settings.metrics)
 
     def _on_epoch(self, state: TrainState, metrics: dict[str, float]) -> None:
         """After each epoch: report the score, let the pruner judge, record an early end."""
@@ -191,10 +195,15 @@ class TrialRun:
         trial, settings = self.trial, self.settings
         self.model = weakref.ref(state.model)
         epoch = state.epoch + 1
-        score = metrics[settings.metric]
-        if not math.isfinite(score):  # never reported: a pruner would take inf as the best
-            raise NonFiniteScore(f"{settings.metric} is {score} in epoch {epoch}")
-        self.writes.report(score, epoch)
+        stage_seconds = sum(state.extras.get(STAGE_SECONDS, {}).values())
+        if stage_seconds != self.stage_seconds:  # stages ran (or were read) before this epoch
+            self.stage_seconds = stage_seconds
+            self.writes.set_user_attr("stage_seconds", round(stage_seconds, 2))
+        values = objective_values(metrics, settings.metrics)  # a missing one: named
+        for name, value in zip(settings.metrics, values, strict=True):
+            if not math.isfinite(value):  # never reported: a pruner would take inf as best
+                raise NonFiniteScore(f"{name} is {value} in epoch {epoch}")
+        self.writes.report(values[0], epoch)  # the curve (and pruning) of the first metric
         self.context.reporter.epoch(trial, epoch, state.epochs, metrics)
         if state.stop_training and epoch < state.epochs:  # a technique ended it: say why
             why = state.stop_reason or "a technique ended training"
@@ -209,6 +218,14 @@ class TrialRun:
             raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
 
+def _new_best(study: optuna.Study, trials: Sequence[FrozenTrial], trial: FrozenTrial) -> bool:
+    """Whether ``trial`` is the study's new best; with several metrics, whether it joined the
+    Pareto front (the trial named best may then change)."""
+    if len(study.directions) > 1:
+        return any(t.number == trial.number for t in pareto_front(trials, study.directions))
+    return _best_number(trials, study.directions[0]) == trial.number
+
+
 def _best_number(trials: Sequence[FrozenTrial], direction: optuna.study.StudyDirection
                  ) -> int | None:
     """The number of the best completed trial, as ``Study.best_trial`` names it (the first of
@@ -220,6 +237,14 @@ def _best_number(trials: Sequence[FrozenTrial], direction: optuna.study.StudyDir
     return max(complete, key=lambda t: (sign * t.value, -t.number)).number
 
 
+def stage_aware_manager(context: SearchContext, recipe: Recipe):
+    """The trial's plugin manager, its stages cached in the run folder (automl.stages): built
+    once per study, whichever trial or process needs one first."""
+    pm = context.training_manager(recipe)
+    pm.register(StageDirectory(run_stage_dir(context.settings.run_dir)))
+    return pm
+
+
 def trainer_for(context: SearchContext):
     """``train_once(recipe) -> (score, epochs)`` for confirmation runs: no pruning, and a
     failed or diverged run scores NaN."""
@@ -227,7 +252,7 @@ def trainer_for(context: SearchContext):
 
     def train_once(recipe: Recipe) -> tuple[float, int]:
         try:
-            pm = context.training_manager(recipe)
+            pm = stage_aware_manager(context, recipe)
             history = train(recipe, load_data(recipe.data), pm, device=device,
                             compile=settings.compile).history
             return float(history[-1][settings.metric]), len(history)

@@ -10,11 +10,13 @@ search starts no worse than the best of them on this model and budget.
 Adapting keeps only the techniques the space lists, rescales the LR from the recipe's batch
 size to the space's (linear for SGD, square root for the adaptive optimizers), keeps warmup as
 a fraction of training and everything else as published; :meth:`SearchSpace.params_for` then
-clips each value into the space's ranges and keeps what the space fixes.
+clips each value into the space's ranges and keeps what the space fixes, and leaves off a
+technique that conflicts with one already on (said as a warning).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -28,7 +30,7 @@ from automl.discovery import technique_catalog
 from automl.errors import ConfigError
 from automl.functional import lr_scale
 from automl.space import SearchSpace
-from automl.technique import Technique
+from automl.technique import Technique, conflict
 from automl.yamlio import Lines, load_yaml
 
 __all__ = ["KnownRecipe", "known_recipes", "read_known_recipe", "adapt", "by_budget",
@@ -38,6 +40,7 @@ __all__ = ["KnownRecipe", "known_recipes", "read_known_recipe", "adapt", "by_bud
 RECIPES_PACKAGE = "automl.search_spaces"
 RECIPES_FOLDER = "known_recipes"
 KEYS = ("name", "source", "summary", "batch_size", "epochs", "techniques")
+logger = logging.getLogger("automl")
 #: The most of a search's budget the known recipes take (at least one trial): a known recipe
 #: is a strong start, but a small budget spent on many of them leaves little to search.
 BUDGET_SHARE = 0.25
@@ -133,6 +136,12 @@ def _validate(data: Any, lines: Lines, file: str, stem: str,
             if problem:
                 fail((*key, param), problem)
         techniques[name] = dict(values)
+    names = list(techniques)
+    for i, name in enumerate(names):
+        for other in names[i + 1:]:
+            why = conflict(catalog[name], catalog[other])
+            if why:
+                fail(("techniques", other), f"'{name}' and '{other}' cannot both be on: {why}")
     if "optimizer" in techniques:
         opt = {**catalog["optimizer"].defaults, **techniques["optimizer"]}
         if opt["name"] not in LR_SCALING:
@@ -197,8 +206,12 @@ def warm_start_params(space: SearchSpace, budget: int | None = None
     seen = [space.baseline_params()]
     queued: list[tuple[str, dict[str, Any]]] = []
     for recipe in by_budget(known_recipes(), space.epochs):
-        params = space.params_for(adapt(recipe, space))
-        if params not in seen:
+        settings = adapt(recipe, space)
+        params = space.params_for(settings)
+        if params not in seen and (limit is None or len(queued) < limit):
             seen.append(params)
             queued.append((recipe.name, params))
-    return queued[:limit]
+            for off, kept, why in space.conflicts_left_off(settings):
+                logger.warning("warm start: known recipe %s runs without %s, which cannot be "
+                               "on with %s (%s)", recipe.name, off, kept, why)
+    return queued

@@ -109,7 +109,7 @@ def _worker(space: SearchSpace, settings: SearchSettings, plugins: Plugins,
     torch.set_num_threads(threads)  # the workers share the machine's cores
     with stop_on_signals():
         try:
-            study = create_study(space, settings)
+            study = create_study(space, settings, say_versions=False)  # the parent said it
             reporter = tracked(ConsoleReporter(settings.metric, live=False), settings)
             context = SearchContext.build(settings, reporter, settings.device, plugins)
             run_trials(study, space, context, load_data(space.data))

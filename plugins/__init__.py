@@ -17,7 +17,7 @@ _BUILTINS = (
     # optimisation
     "optimizer:Optimizer", "lr_schedule:LRSchedule", "batch_size:BatchSize",
     "weight_decay:WeightDecay", "l1_penalty:L1Penalty", "grad_clip:GradClip",
-    "grad_accumulation:GradAccumulation", "long_training:LongTraining",
+    "grad_accumulation:GradAccumulation", "sam:SAM", "long_training:LongTraining",
     "early_stopping:EarlyStopping", "ema:EMA",
     # augmentation
     "flip:Flip", "random_crop:RandomCrop", "augment_policy:AugmentPolicy", "augmix:AugMix",
@@ -29,11 +29,18 @@ _BUILTINS = (
     # regularisation, normalisation and initialisation
     "dropout:Dropout", "stochastic_depth:StochasticDepth",
     "ghost_batch_norm:GhostBatchNorm", "norm_layer:NormLayer", "weight_init:WeightInit",
-    "transfer_learning:TransferLearning", "input_norm:InputNorm",
+    "transfer_learning:TransferLearning",
+    "self_supervised_pretraining:SelfSupervisedPretraining", "input_norm:InputNorm",
     # losses
     "label_smoothing:LabelSmoothing", "focal_loss:FocalLoss",
     "class_weights:ClassWeights", "binary_cross_entropy:BinaryCrossEntropy",
-    "triplet_loss:TripletLoss",
+    "triplet_loss:TripletLoss", "distillation:Distillation",
+    # semi-supervised (training images without labels: data.labelled_fraction)
+    "pseudo_labels:PseudoLabels", "label_propagation:LabelPropagation",
+    # robustness
+    "adversarial_training:AdversarialTraining",
+    # evaluation
+    "test_time_augmentation:TestTimeAugmentation", "quantization:Quantization",
 )
 
 

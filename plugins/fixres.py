@@ -22,22 +22,34 @@ def _batch_norms(model: torch.nn.Module) -> list[torch.nn.modules.batchnorm._Bat
 
 def recalibrate_batch_norm(model: torch.nn.Module, batches: Iterable[torch.Tensor]
                            ) -> torch.nn.Module:
-    """A copy of ``model`` whose batch-norm running statistics are re-estimated on ``batches``.
+    """A copy of ``model`` whose batch-norm running statistics are re-estimated on ``batches``
+    (:func:`recalibrate_in_place` on a deep copy); ``model`` is not changed."""
+    return recalibrate_in_place(copy.deepcopy(model), batches)
+
+
+def recalibrate_in_place(model: torch.nn.Module, batches: Iterable[torch.Tensor]
+                         ) -> torch.nn.Module:
+    """Re-estimate ``model``'s batch-norm running statistics on ``batches``; returns it in eval
+    mode.
 
     The statistics are reset and averaged with equal weight over the batches (momentum None);
     only the batch-norm layers run in training mode, so dropout and stochastic depth do not
-    skew them. The copy is returned in eval mode; ``model`` is not changed.
+    skew them.
     """
     import torch
 
     with torch.no_grad():
-        model = copy.deepcopy(model).eval()
-        for bn in _batch_norms(model):
+        model.eval()
+        norms = _batch_norms(model)
+        momenta = [bn.momentum for bn in norms]
+        for bn in norms:
             bn.reset_running_stats()
             bn.momentum = None
             bn.train()
         for images in batches:
             model(images)
+        for bn, momentum in zip(norms, momenta, strict=True):
+            bn.momentum = momentum
     return model.eval()
 
 
@@ -64,8 +76,8 @@ class FixRes(Technique):
     smaller (cheaper) and testing larger removes that discrepancy. Before every evaluation a
     copy of the evaluated model (EMA weights included) gets its batch-norm statistics
     recomputed on ``calibration_batches`` un-augmented training batches at the evaluation
-    size (a light version of the paper's fine-tuning at test resolution; models without
-    batch norm are evaluated unchanged). Combines with inference_resize (a larger test size)
+    size, once per evaluation (a light version of the paper's fine-tuning at test
+    resolution; models without batch norm are evaluated unchanged). Combines with inference_resize (a larger test size)
     and progressive_resizing (which then grows to the reduced training size).
     Suggested: train_scale 0.6–0.8.
     Source: Touvron et al., "Fixing the train-test resolution discrepancy" (2019).
@@ -85,11 +97,18 @@ class FixRes(Technique):
 
     @hookimpl(wrapper=True)
     def eval_model(self, state):
+        """Once per evaluation (the trainer resolves the evaluated model once): the weights
+        are loaded into one copy kept for the trial, whose statistics are recalibrated."""
         from automl.trainer import autocast
 
         model = yield
         if not _batch_norms(model):
             return model
+        calibrated = state.extras.get("fixres_model")
+        if calibrated is None or type(calibrated) is not type(model):
+            calibrated = state.extras["fixres_model"] = copy.deepcopy(model)
+        else:
+            calibrated.load_state_dict(model.state_dict())
         with autocast(state):
-            return recalibrate_batch_norm(
-                model, calibration_batches(state, self.params["calibration_batches"]))
+            return recalibrate_in_place(
+                calibrated, calibration_batches(state, self.params["calibration_batches"]))

@@ -61,6 +61,8 @@ class NormLayer(Technique):
     space = {"kind": CategoricalDistribution(["group", "layer"]),
              "groups": CategoricalDistribution([4, 8, 16])}
     defaults = {"kind": "group", "groups": 8}
+    conflicts = {"ghost_batch_norm": "norm_layer replaces every batch norm, ghost ones "
+                 "included, so ghost_batch_norm would have no effect"}
 
     @hookimpl(trylast=True)  # after other surgery, so a ghost BN is replaced too
     def modify_model(self, state):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,12 +27,33 @@ def train_only_classifier(model: nn.Module, only: bool) -> None:
             param.requires_grad_(not only)
 
 
-def kept_init(report: LoadReport, shown: int = 6) -> str:
-    """The model's tensors the checkpoint did not replace, named (the first ``shown``)."""
+def kept_init(report: LoadReport, shown: int = 6, fresh: Collection[str] = ()) -> str:
+    """The model's tensors the checkpoint did not replace, named (the first ``shown``);
+    those in ``fresh`` (meant to keep their init) left out."""
     names = [f"{name} {model} vs {file} in the file"
-             for name, (model, file) in report.mismatched.items()] + report.missing
+             for name, (model, file) in report.mismatched.items() if name not in fresh]
+    names += [name for name in report.missing if name not in fresh]
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return ", ".join(names[:shown]) + more
+
+
+def load_checkpoint(state, path: str | Path, who: str, fresh: Collection[str] = ()
+                    ) -> LoadReport:
+    """Start ``state.model`` from the weights file ``path``: every tensor whose name and
+    shape match is copied, the others keep their init and are named in a warning (except
+    ``fresh`` ones, meant to start anew: a classifier). A UserError when nothing matches.
+    ``who`` (the technique) starts the messages. What transfer_learning and
+    self_supervised_pretraining do."""
+    from automl.checkpoints import load_matching, load_weights
+
+    report = load_matching(state.model, load_weights(path))
+    if not report.loaded:
+        raise UserError(f"{who}: {path}: no tensor matches model {state.recipe.model} in "
+                        "name and shape")
+    kept = kept_init(report, fresh=fresh)
+    if kept:
+        log.warning("%s: %s: kept the model's own init for %s", who, path, kept)
+    return report
 
 
 class TransferLearning(Technique):
@@ -69,20 +91,11 @@ class TransferLearning(Technique):
 
     @hookimpl
     def modify_model(self, state):  # after weight_init (tryfirst), before surgery (trylast)
-        from automl.checkpoints import load_matching, load_weights
-
         path = self.params["checkpoint"]
         if not path:
             raise UserError("transfer_learning: no checkpoint given; set "
                             "techniques.transfer_learning.checkpoint to a weights file")
-        report = load_matching(state.model, load_weights(path))
-        if not report.loaded:
-            raise UserError(f"transfer_learning: {path}: no tensor matches model "
-                            f"{state.recipe.model} in name and shape")
-        if report.mismatched or report.missing:
-            log.warning("transfer_learning: %s: kept the model's own init for %s", path,
-                        kept_init(report))
-        state.extras["transfer_learning"] = report
+        state.extras["transfer_learning"] = load_checkpoint(state, path, self.name)
 
     @hookimpl
     def on_epoch_start(self, state):

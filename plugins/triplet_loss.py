@@ -10,9 +10,6 @@ from automl.technique import Technique
 if TYPE_CHECKING:
     import torch
 
-_KEY = "triplet_embedding"
-
-
 def batch_hard_triplet(embeddings: torch.Tensor, labels: torch.Tensor,
                        margin: float) -> torch.Tensor:
     """Batch-hard triplet loss: for each anchor, relu(farthest positive − nearest negative +
@@ -51,22 +48,15 @@ class TripletLoss(Technique):
 
     @hookimpl
     def on_train_start(self, state):
-        get_classifier = getattr(state.model, "get_classifier", None)
-        if get_classifier is None:
+        if getattr(state.model, "get_classifier", None) is None:
             raise ValueError(f"triplet_loss: model {state.recipe.model} has no classifier "
                              "(get_classifier) whose input is the embedding")
-
-        def store_embedding(module, args):
-            if module.training:  # evaluation passes leave the training batch's embedding
-                state.extras[_KEY] = args[0].flatten(1)
-
-        get_classifier().register_forward_pre_hook(store_embedding)
 
     @hookimpl
     def after_loss(self, state):
         import torch.nn.functional as F
 
-        embeddings = F.normalize(state.extras.pop(_KEY).float(), dim=1)
+        embeddings = F.normalize(state.features.float(), dim=1)
         labels = state.targets.argmax(1) if state.targets.dim() == 2 else state.targets
         state.loss = state.loss + self.params["weight"] * batch_hard_triplet(
             embeddings, labels, self.params["margin"])

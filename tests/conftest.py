@@ -17,6 +17,23 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stage_cache(tmp_path_factory):
+    """Stages a test builds without a run folder (automl.stages) are cached for this session
+    only, never in the user's ~/.cache."""
+    import os
+
+    from automl.stages import STAGE_DIR_ENV
+
+    before = os.environ.get(STAGE_DIR_ENV)
+    os.environ[STAGE_DIR_ENV] = str(tmp_path_factory.mktemp("stages"))
+    yield
+    if before is None:
+        os.environ.pop(STAGE_DIR_ENV, None)
+    else:
+        os.environ[STAGE_DIR_ENV] = before
+
+
 @pytest.fixture(scope="module")
 def data():
     """The embedded digits dataset in batches of 32 (loaded once per process, then cached)."""

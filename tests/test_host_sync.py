@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from automl.data import load_data
 from automl.discovery import technique_catalog, training_manager
 from automl.recipe import Recipe
 from automl.trainer import fit, prepare
@@ -94,11 +95,16 @@ def weights(tmp_path_factory) -> str:
 
 
 def _recipe(techniques: list[str], weights: str) -> Recipe:
-    """automl_resnet8 on digits with ``techniques`` at their defaults (and the optimizer)."""
-    needs = {"transfer_learning": {"checkpoint": weights}}
-    return Recipe(model="automl_resnet8", data={"dataset": "digits", "batch_size": 32},
-                  epochs=1, seed=0, techniques={name: needs.get(name, {})
-                                                for name in ["optimizer", *techniques]})
+    """automl_resnet8 on digits with ``techniques`` at their defaults (and the optimizer);
+    half the labels hidden when one trains on unlabelled images, and label propagation
+    without its warm-up, so its per-batch term runs in the one epoch."""
+    needs = {"transfer_learning": {"checkpoint": weights},
+             "label_propagation": {"warmup_epochs": 0}}
+    data = {"dataset": "digits", "batch_size": 32}
+    if any(technique_catalog()[name].needs_unlabelled for name in techniques):
+        data["labelled_fraction"] = 0.5
+    return Recipe(model="automl_resnet8", data=data, epochs=1, seed=0,
+                  techniques={name: needs.get(name, {}) for name in ["optimizer", *techniques]})
 
 
 def _watch_hooks(pm, reads: HostReads, hooks=PER_BATCH_HOOKS):
@@ -139,7 +145,7 @@ def test_per_batch_hooks_read_nothing_back(data, weights, monkeypatch, name):
     """Not one host read inside a per-batch hook, first batch included."""
     recipe = _recipe([name], weights)
     pm = training_manager(recipe)
-    state = prepare(recipe, data, pm, torch.device("cpu"))
+    state = prepare(recipe, load_data(recipe.data), pm, torch.device("cpu"))
     with HostReads(monkeypatch) as reads:
         _watch_hooks(pm, reads)
         fit(state, pm, max_steps=3)
@@ -156,7 +162,7 @@ def test_the_training_loop_never_waits_for_the_device_per_batch(data, weights, m
     for steps in (1, 4):
         recipe = _recipe([name], weights)
         pm = training_manager(recipe)
-        state = prepare(recipe, data, pm, torch.device("cpu"))
+        state = prepare(recipe, load_data(recipe.data), pm, torch.device("cpu"))
         with HostReads(monkeypatch) as reads:
             fit(state, pm, max_steps=steps)
         monkeypatch.undo()
@@ -175,7 +181,7 @@ def test_all_batched_techniques_together_read_nothing_back_per_batch(data, weigh
     for steps in (1, 4):
         recipe = _recipe(names, weights)
         pm = training_manager(recipe)
-        state = prepare(recipe, data, pm, torch.device("cpu"))
+        state = prepare(recipe, load_data(recipe.data), pm, torch.device("cpu"))
         with HostReads(monkeypatch) as loop:
             fit(state, pm, max_steps=steps)
         monkeypatch.undo()
@@ -200,7 +206,7 @@ def test_on_cuda_no_training_step_synchronises(data, weights, name):
     goes back before it; evaluation's per-batch hook runs under it too."""
     recipe = _recipe([name], weights)
     pm = training_manager(recipe)
-    state = prepare(recipe, data, pm, torch.device("cuda"))
+    state = prepare(recipe, load_data(recipe.data), pm, torch.device("cuda"))
 
     def before(hook_name, _impls, _kwargs):
         if (hook_name == "augment_batch" and state.step >= 1) or hook_name == "eval_batch":

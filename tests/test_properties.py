@@ -159,6 +159,7 @@ def _data(draw) -> dict[str, Any]:
         data["path"] = draw(_path)
     optional = {
         "val_fraction": st.floats(0, 1, exclude_min=True, exclude_max=True),
+        "labelled_fraction": st.floats(0, 1, exclude_min=True),
         "split_seed": st.integers(0, 2**63 - 1),
         "image_size": st.integers(1, 512),
         "data_dir": _path,
@@ -178,7 +179,10 @@ def spaces(draw) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     techniques, fixed = {}, {}
     for name in names:
         techniques[name], fixed[name] = draw(_technique(CATALOG[name]))
-    space = {"model": draw(st.sampled_from(["automl_resnet8", "resnet18"])), "data": draw(_data()),
+    data = draw(_data())
+    if any(CATALOG[name].needs_unlabelled for name in names):  # refused without such images
+        data["labelled_fraction"] = draw(st.floats(0, 1, exclude_min=True, exclude_max=True))
+    space = {"model": draw(st.sampled_from(["automl_resnet8", "resnet18"])), "data": data,
              "epochs": draw(st.integers(1, 1000)), "seed": draw(st.integers(0, 2**63 - 1)),
              "techniques": techniques}
     return space, fixed

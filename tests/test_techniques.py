@@ -1,5 +1,8 @@
 """Every technique trained for two steps at the edges of its space, and its pure functions checked.
 
+The generic checks are automl.testing's, the ones a plugin author's own tests call; they run
+here for every installed technique, built-in or not.
+
 Real objects only: the embedded digits dataset, the small ``automl_resnet8`` network, real plugin
 managers. Each training is two optimizer steps plus one validation pass, so the whole file stays
 fast on a CPU.
@@ -7,11 +10,11 @@ fast on a CPU.
 
 from __future__ import annotations
 
-import math
 from itertools import pairwise
 
 import pytest
 import torch
+from automl.plugins import BUILTIN_TECHNIQUES
 from automl.plugins.cutmix import cutmix
 from automl.plugins.flip import random_hflip
 from automl.plugins.lr_schedule import warmup_then
@@ -26,6 +29,12 @@ from automl.errors import UserError
 from automl.hookspecs import hookimpl
 from automl.recipe import Recipe
 from automl.technique import Technique
+from automl.testing import (
+    check_round_trip,
+    check_technique_class,
+    edge_params,
+    train_a_few_batches,
+)
 from automl.trainer import fit, prepare, train
 
 CPU = torch.device("cpu")
@@ -35,24 +44,14 @@ DATA_CONFIG = {"dataset": "digits", "batch_size": 32}
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _edge_value(dist, edge: str):
-    if isinstance(dist, CategoricalDistribution):
-        return dist.choices[0] if edge == "low" else dist.choices[-1]
-    return dist.low if edge == "low" else dist.high
-
-
 def _cases() -> list:
-    """(technique, params) at the low and high edges, plus one case per choice of a wide choice."""
+    """(technique, case) for every installed technique: the edges of its space, as
+    :func:`automl.testing.edge_params` names them."""
     cases = []
     for name, cls in technique_catalog().items():
-        for edge in ("low", "high"):
-            params = {p: _edge_value(d, edge) for p, d in cls.space.items()}
-            cases.append(pytest.param(name, params, id=f"{name}-{edge}"))
-        for param, dist in cls.space.items():
-            if isinstance(dist, CategoricalDistribution) and len(dist.choices) > 2:
-                for choice in dist.choices:
-                    cases.append(pytest.param(name, {**cls.defaults, param: choice},
-                                              id=f"{name}-{param}={choice}"))
+        placeholders = dict.fromkeys(cls.user_set_params(), "")
+        cases += [pytest.param(name, case, id=f"{name}-{case}")
+                  for case in edge_params(cls, placeholders)]
     return cases
 
 
@@ -114,30 +113,44 @@ def checkpoint(data, tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize(("name", "params"), _cases())
-def test_technique_trains_two_steps(data, checkpoint, name, params):
+@pytest.fixture(scope="module")
+def user_values(checkpoint):
+    """Values only a user can give (Technique.user_set_params), for the built-ins that have
+    them. An installed technique with others is checked by its own tests (they give
+    automl.testing.edge_params its values), not here."""
+    return {"transfer_learning": {"checkpoint": checkpoint}}
+
+
+def _edge_case(name: str, case: str, user_values: dict) -> tuple[type[Technique], dict]:
     cls = technique_catalog()[name]
-    assert set(params) <= set(cls.space)  # the case is inside the technique's own space
-    if cls.user_set_params():  # transfer_learning: its checkpoint path, the one such value
-        assert cls.user_set_params() == ["checkpoint"]
-        params = {**params, "checkpoint": checkpoint}
-    recipe = _recipe({name: params})
-    recorder = Recorder()
-    pm = training_manager(recipe, extra_plugins=[recorder])
-    assert pm.get_plugin(name).params == {**cls.defaults, **params}
+    given = user_values.get(name, {})
+    if set(cls.user_set_params()) - set(given):
+        pytest.skip(f"{name}: sets {', '.join(cls.user_set_params())}, values only its "
+                    "plugin's own tests can give")
+    return cls, edge_params(cls, given)[case]
 
-    state = train(recipe, data, pm, device=CPU, max_steps=2)
 
-    assert state.step == 2
-    assert recorder.optimizer_steps == 2
+@pytest.mark.parametrize(("name", "case"), _cases())
+def test_technique_trains_two_steps(name, case, user_values):
+    cls, params = _edge_case(name, case, user_values)
+    state = train_a_few_batches(cls, params, steps=2)
     assert len(state.history) == 1
-    metrics = state.history[0]
-    assert math.isfinite(metrics["train/loss"])
-    assert math.isfinite(metrics["val/loss"])
-    assert 0.0 <= metrics["val/acc1"] <= 1.0
-    changed = [k for k, v in state.model.named_parameters()
-               if not torch.equal(v.detach(), recorder.initial[k])]
-    assert changed, "no parameter changed in two optimizer steps"
+
+
+@pytest.mark.parametrize(("name", "case"), _cases())
+def test_technique_round_trips_through_a_recipe(name, case, user_values):
+    cls, params = _edge_case(name, case, user_values)
+    check_round_trip(cls, params)
+
+
+@pytest.mark.parametrize("cls", BUILTIN_TECHNIQUES, ids=lambda cls: cls.name)
+def test_builtin_technique_passes_the_plugin_authors_class_check(cls):
+    check_technique_class(cls)
+
+
+def test_every_builtin_user_set_parameter_is_given_here(user_values):
+    assert {cls.name: cls.user_set_params() for cls in BUILTIN_TECHNIQUES
+            if cls.user_set_params()} == {name: list(v) for name, v in user_values.items()}
 
 
 # --- pure functions ---------------------------------------------------------------------------

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 __all__ = ["Dataset", "Loader", "Locator", "available_datasets"]
 
 #: ``load(settings) -> (train_full, test, class_names)``: the official training set (validation
-#: is cut from it by the core), the test set, and the class names in label order.
+#: is cut from it by the core), the test set, and the class names in label order; optionally a
+#: fourth item, a Split of training images without labels (the folder dataset's
+#: ``unlabelled/``; its labels are ignored).
 Loader = Callable[[dict[str, Any]], "tuple[Split, Split, list[str]]"]
 #: ``locate(settings)``: find the files ``load`` will read (downloading them when the
 #: settings allow), without reading them; raises :class:`~automl.errors.UserError`. What it

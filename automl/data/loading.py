@@ -4,7 +4,9 @@ A dataset that fits is held fully in memory as ``uint8`` (N, C, H, W), so a sear
 loads it once and each trial only indexes and normalizes batches (on the GPU when there is one).
 The validation split is a seeded stratified cut from the official training set; the official
 test split is never touched by a search. ``train_fraction`` trains on a seeded stratified part
-of what is left after that cut (the validation split does not depend on it).
+of what is left after that cut (the validation split does not depend on it), and
+``labelled_fraction`` keeps the labels of a seeded stratified part of that: the other images
+become the unlabelled split (with a folder dataset's ``unlabelled/`` images).
 """
 
 from __future__ import annotations
@@ -14,13 +16,20 @@ from typing import Any
 
 from automl.data import settings as data_settings
 from automl.data.dataset import Dataset
-from automl.data.splits import DataBundle, Split, stratified_split, subset
-from automl.data.stats import channel_stats, stats_sample
+from automl.data.splits import (
+    DataBundle,
+    Split,
+    concat,
+    stratified_split,
+    subset,
+    without_labels,
+)
+from automl.data.stats import training_stats
 from automl.errors import UserError
 
 __all__ = ["check_data", "clear_cache", "load_data"]
 
-_SOURCES: dict[tuple, tuple[Split, Split, list[str]]] = {}  # loaded, by source key
+_SOURCES: dict[tuple, tuple] = {}  # what the loader returned, by source key
 _BUNDLES: dict[tuple, DataBundle] = {}  # by source key and split settings
 
 
@@ -45,23 +54,26 @@ def load_data(config: Mapping[str, Any]) -> DataBundle:
     cfg = data_settings.for_loading(config)
     dataset = _dataset(cfg["dataset"])
     source_key = _source_key(cfg, dataset.reads)
-    bundle_key = (source_key, cfg["val_fraction"], cfg["split_seed"], cfg["train_fraction"])
+    bundle_key = (source_key, cfg["val_fraction"], cfg["split_seed"], cfg["train_fraction"],
+                  cfg["labelled_fraction"])
     if bundle_key not in _BUNDLES:
         if source_key not in _SOURCES:
             _SOURCES[source_key] = _loaded(dataset, cfg)
-        train_full, test, names = _SOURCES[source_key]
+        train_full, test, names, *unlabelled = _SOURCES[source_key]
         _BUNDLES[bundle_key] = _build_bundle(
             cfg["dataset"], train_full, test, names, cfg["val_fraction"], cfg["split_seed"],
-            cfg["train_fraction"])
+            cfg["train_fraction"], cfg["labelled_fraction"], *unlabelled)
     return _BUNDLES[bundle_key]
 
 
-def _loaded(dataset: Dataset, cfg: dict[str, Any]) -> tuple[Split, Split, list[str]]:
+def _loaded(dataset: Dataset, cfg: dict[str, Any]) -> tuple:
     """What the loader returned, refused with the plugin's name unless it has the promised
-    form (a plugin's loader is code this project does not test)."""
+    form (a plugin's loader is code this project does not test): (train, test, class names)
+    and, optionally, a Split of unlabelled training images."""
     loaded = dataset.load(cfg)
-    if not (isinstance(loaded, tuple) and len(loaded) == 3 and isinstance(loaded[0], Split)
-            and isinstance(loaded[1], Split) and all(isinstance(n, str) for n in loaded[2])):
+    if not (isinstance(loaded, tuple) and len(loaded) in (3, 4) and isinstance(loaded[0], Split)
+            and isinstance(loaded[1], Split) and all(isinstance(n, str) for n in loaded[2])
+            and (len(loaded) == 3 or loaded[3] is None or isinstance(loaded[3], Split))):
         raise UserError(f"dataset '{dataset.name}' (plugin '{dataset.plugin}'): its loader "
                         "returned something other than (train Split, test Split, class names)")
     return loaded
@@ -82,10 +94,13 @@ def _source_key(cfg: Mapping[str, Any], reads: tuple[str, ...] | None) -> tuple:
 
 
 def _build_bundle(name: str, train_full: Split, test: Split, class_names: list[str],
-                  val_fraction: float, split_seed: int, train_fraction: float = 1.0
+                  val_fraction: float, split_seed: int, train_fraction: float = 1.0,
+                  labelled_fraction: float = 1.0, unlabelled: Split | None = None
                   ) -> DataBundle:
     """Cut val from the full training set, keep ``train_fraction`` of the rest (stratified,
-    seeded, at least one image per class) and compute normalization stats on that part only."""
+    seeded, at least one image per class), keep the labels of ``labelled_fraction`` of that
+    (the same way) and join the others to the loader's ``unlabelled`` images. Normalization
+    stats come from the training images, labelled and unlabelled (never val or test)."""
     _check_consistent(name, train_full, test, class_names)
     keep, cut = stratified_split(train_full.labels, val_fraction, split_seed)
     train, val = subset(train_full, keep), subset(train_full, cut)
@@ -96,11 +111,20 @@ def _build_bundle(name: str, train_full: Split, test: Split, class_names: list[s
         # Dropping 1 - fraction keeps the kept side non-empty for every class.
         train = subset(train, stratified_split(train.labels, 1.0 - train_fraction,
                                                 split_seed)[0])
-    mean, std = channel_stats(stats_sample(train))
+    if unlabelled is not None and unlabelled.images.shape[1:] != train.images.shape[1:]:
+        raise ValueError(f"dataset {name}: unlabelled images {tuple(unlabelled.images.shape[1:])}"
+                         f" and train images {tuple(train.images.shape[1:])} differ in shape")
+    unlabelled = None if unlabelled is None else without_labels(unlabelled)
+    if labelled_fraction < 1.0:
+        labelled, cut = stratified_split(train.labels, 1.0 - labelled_fraction, split_seed)
+        train, unlabelled_part = subset(train, labelled), without_labels(subset(train, cut))
+        unlabelled = unlabelled_part if unlabelled is None else concat(unlabelled,
+                                                                        unlabelled_part)
+    mean, std = training_stats(train, unlabelled)
     return DataBundle(name=name, train=train, val=val, test=test,
                       num_classes=len(class_names), in_chans=train.images.shape[1],
                       image_size=train.images.shape[-1], mean=mean, std=std,
-                      class_names=list(class_names))
+                      class_names=list(class_names), unlabelled=unlabelled)
 
 
 def _check_consistent(name: str, train: Split, test: Split, class_names: list[str]) -> None:

@@ -16,31 +16,38 @@ from automl.data.dataset import available_datasets
 from automl.errors import ConfigError
 
 __all__ = ["DATA_KEYS", "DATA_ACCESS_KEYS", "DEFAULTS", "SPACE_DEFAULTS", "SPLIT_KEYS",
-           "checked", "data_keys", "for_loading", "for_space"]
+           "UNLABELLED_FOLDER", "checked", "data_keys", "for_loading", "for_space",
+           "unlabelled_problem"]
 
 #: Keys every dataset understands. A dataset adds the keys its loader reads (``reads`` when it
 #: registers; the folder dataset's are ``path``, ``image_size``, ``in_memory``, ``workers``).
 #: ``include_val`` is deliberately not one: training on the validation split is for a final
 #: model only (``automl train --include-val``); a search that names it is refused.
+#: ``labelled_fraction`` keeps labels on that part of the training split only; the rest
+#: becomes ``DataBundle.unlabelled`` (semi-supervised techniques read it).
 DATA_KEYS = ("dataset", "batch_size", "data_dir", "download", "val_fraction", "split_seed",
-             "train_fraction", "image_size", "path", "workers", "in_memory")
+             "train_fraction", "labelled_fraction", "image_size", "path", "workers",
+             "in_memory")
 #: Keys that say where the files are and how they are read, not what is trained on: a study's
 #: definition and a tracker's parameters leave them out.
 DATA_ACCESS_KEYS = ("data_dir", "download", "workers", "in_memory")
 #: Keys that cut the loaded images into splits (or fetch them): changing one re-cuts the
 #: cached images instead of loading them again.
-SPLIT_KEYS = ("val_fraction", "split_seed", "train_fraction", "download")
+SPLIT_KEYS = ("val_fraction", "split_seed", "train_fraction", "labelled_fraction", "download")
 #: What a left-out key means. ``workers: None`` is the machine's cores, at most 8.
 DEFAULTS: dict[str, Any] = {
     "dataset": "digits", "batch_size": 64, "data_dir": "~/.cache/automl/data",
     "download": False, "val_fraction": 0.1, "split_seed": 0, "train_fraction": 1.0,
-    "image_size": 32, "in_memory": "auto", "workers": None,
+    "labelled_fraction": 1.0, "image_size": 32, "in_memory": "auto", "workers": None,
 }
 #: The defaults a space writes into its own ``data:`` (and so into its recipes and its study's
 #: definition); the others are filled in when the data is loaded, so a study created before a
 #: default is added still resumes.
 SPACE_DEFAULTS = ("dataset", "batch_size")
 SEED_MAX = 2**63 - 1  # what torch.manual_seed takes
+#: The folder dataset's folder of images without labels: ``path/unlabelled/`` (beside the
+#: class folders, or beside ``train/`` and ``test/``), never a class.
+UNLABELLED_FOLDER = "unlabelled"
 
 
 def data_keys() -> tuple[str, ...]:
@@ -70,9 +77,25 @@ def for_loading(settings: Any) -> dict[str, Any]:
     if cfg["workers"] is None:
         cfg["workers"] = min(8, os.cpu_count() or 1)
     cfg["data_dir"] = str(Path(cfg["data_dir"]).expanduser().resolve())
-    cfg["val_fraction"], cfg["train_fraction"] = (float(cfg["val_fraction"]),
-                                                  float(cfg["train_fraction"]))
+    for key in ("val_fraction", "train_fraction", "labelled_fraction"):
+        cfg[key] = float(cfg[key])
     return cfg
+
+
+def unlabelled_problem(settings: Mapping[str, Any]) -> str | None:
+    """Why a ``data:`` mapping gives no unlabelled training images (None when it does, or may:
+    a folder that is not there yet is the loader's to refuse). For techniques that need them,
+    so a space is refused when it is read, not when its first trial trains."""
+    fraction = settings.get("labelled_fraction", DEFAULTS["labelled_fraction"])
+    if _is_number(fraction) and fraction < 1:
+        return None
+    if settings.get("dataset") == "folder":
+        root = Path(str(settings.get("path", ""))).expanduser()
+        if not root.is_dir() or (root / UNLABELLED_FOLDER).is_dir():
+            return None
+        return (f"needs unlabelled training images: set data.labelled_fraction below 1 or add "
+                f"a folder {root / UNLABELLED_FOLDER}")
+    return "needs unlabelled training images: set data.labelled_fraction below 1"
 
 
 def checked(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,6 +138,8 @@ _CHECKS = {
     "val_fraction": lambda v: None if _is_number(v) and 0 < v < 1
     else "expected a number in (0, 1)",
     "train_fraction": lambda v: None if _is_number(v) and 0 < v <= 1
+    else "expected a number in (0, 1]",
+    "labelled_fraction": lambda v: None if _is_number(v) and 0 < v <= 1
     else "expected a number in (0, 1]",
     "split_seed": lambda v: None if _is_int(v) and 0 <= v <= SEED_MAX
     else f"expected an integer in [0, {SEED_MAX}]",

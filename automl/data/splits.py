@@ -9,10 +9,12 @@ import torch
 
 from automl.data.image_files import ImageFiles
 
-__all__ = ["DataBundle", "Split", "concat", "fixed_test_cut", "stratified_split", "subset"]
+__all__ = ["NO_LABEL", "DataBundle", "Split", "concat", "fixed_test_cut", "stratified_split",
+           "subset", "without_labels"]
 
 FIXED_TEST_FRACTION = 0.2  # test cut for datasets without an official test split
 FIXED_TEST_SEED = 0  # independent of ``split_seed`` so the test set never changes
+NO_LABEL = -1  # every label of an unlabelled split: a loss or an accuracy on it fails loudly
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,12 @@ class DataBundle:
     num_classes: int
     in_chans: int
     image_size: int  # H (== W) of the stored images
-    mean: tuple[float, ...]  # per-channel mean of train.images / 255 (the images trained on)
-    std: tuple[float, ...]  # per-channel std of train.images / 255
+    mean: tuple[float, ...]  # per-channel mean / 255 of the training images (train, and
+    std: tuple[float, ...]  # unlabelled when there is one: every image the model trains on)
     class_names: list[str]
+    #: Training images without labels (``data.labelled_fraction`` < 1, or a folder dataset's
+    #: ``unlabelled/``); every label is :data:`NO_LABEL`. None: there are none.
+    unlabelled: Split | None = None
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int
@@ -96,6 +101,12 @@ def subset(split: Split, idx: torch.Tensor) -> Split:
     if isinstance(split.images, ImageFiles):
         return Split(split.images.subset(idx), split.labels[idx].contiguous())
     return Split(split.images[idx].contiguous(), split.labels[idx].contiguous())
+
+
+def without_labels(split: Split) -> Split:
+    """``split``'s images with every label :data:`NO_LABEL`: nothing downstream can read the
+    true labels of images a semi-supervised recipe must not see labelled."""
+    return Split(split.images, torch.full_like(split.labels, NO_LABEL))
 
 
 def concat(first: Split, second: Split) -> Split:

@@ -7,7 +7,7 @@ import torch
 from automl.data.image_files import ImageFiles
 from automl.data.splits import Split
 
-__all__ = ["STATS_SAMPLE", "channel_stats", "stats_sample"]
+__all__ = ["STATS_SAMPLE", "channel_stats", "stats_sample", "training_stats"]
 
 STATS_SAMPLE = 2048  # images of an on-disk split that normalization statistics are estimated on
 
@@ -22,17 +22,32 @@ def stats_sample(split: Split) -> torch.Tensor:
                         [:count].sort().values]
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (population) std of ``images / 255``, in float64 chunks."""
-    n, c, h, w = images.shape
+def training_stats(train: Split, unlabelled: Split | None = None
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation statistics of every image the model trains on: the labelled training
+    split and, when there is one, the unlabelled one (its images are training inputs too,
+    and no label is needed to count them)."""
+    samples = [stats_sample(train)]
+    if unlabelled is not None and len(unlabelled):
+        samples.append(stats_sample(unlabelled))
+    return channel_stats(*samples)
+
+
+def channel_stats(*images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of ``images / 255`` (one batch, or several of
+    the same channels pooled), in float64 chunks."""
+    c = images[0].shape[1]
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
-    chunk = max(1, (1 << 22) // (c * h * w))  # bounds the float64 copy to ~32 MiB
-    for start in range(0, n, chunk):
-        x = images[start:start + chunk].to(torch.float64).div_(255.0)
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += x.square().sum(dim=(0, 2, 3))
-    count = n * h * w
+    count = 0
+    for batch in images:
+        n, _, h, w = batch.shape
+        chunk = max(1, (1 << 22) // (c * h * w))  # bounds the float64 copy to ~32 MiB
+        for start in range(0, n, chunk):
+            x = batch[start:start + chunk].to(torch.float64).div_(255.0)
+            total += x.sum(dim=(0, 2, 3))
+            total_sq += x.square().sum(dim=(0, 2, 3))
+        count += n * h * w
     mean = total / count
     std = (total_sq / count - mean.square()).clamp_min(0.0).sqrt()
     return tuple(mean.tolist()), tuple(std.tolist())

@@ -9,7 +9,7 @@ from dataclasses import replace
 import torch
 
 from automl.data.splits import DataBundle, concat, subset
-from automl.data.stats import channel_stats, stats_sample
+from automl.data.stats import training_stats
 
 __all__ = ["with_fewer_samples", "with_validation_in_train"]
 
@@ -26,7 +26,7 @@ def with_fewer_samples(data: DataBundle, classes: Sequence[int], keep: float,
         idx = idx[torch.randperm(len(idx), generator=generator)]
         kept[idx[max(1, round(len(idx) * keep)):]] = False
     train = subset(data.train, kept.nonzero().flatten())
-    mean, std = channel_stats(stats_sample(train))
+    mean, std = training_stats(train, data.unlabelled)
     return replace(data, train=train, mean=mean, std=std)
 
 
@@ -35,6 +35,6 @@ def with_validation_in_train(data: DataBundle) -> DataBundle:
     there to report on, but its scores are then not held out. Normalization statistics are
     computed again on the images now trained on; test stays as it is."""
     train = concat(data.train, data.val)
-    mean, std = channel_stats(stats_sample(train))
+    mean, std = training_stats(train, data.unlabelled)
     return replace(data, train=train, mean=mean, std=std)
 
