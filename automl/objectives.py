@@ -76,9 +76,10 @@ def parse_objectives(metric: Any, direction: Any, techniques: Mapping[str, Techn
     given = direction if isinstance(direction, list) or direction is None else [direction]
     if given is not None:
         if len(given) != len(names) or any(d not in DIRECTIONS for d in given):
-            raise MetricProblem("direction", f"expected {'one of ' if len(names) == 1 else ''}"
-                                f"{', '.join(DIRECTIONS)}{' for each metric' * (len(names) > 1)}"
-                                f", got {direction!r} (leave it out: it follows the metric)")
+            wanted = "maximize or minimize" if len(names) == 1 else \
+                f"a list of maximize/minimize, one per metric ({len(names)})"
+            raise MetricProblem("direction", f"expected {wanted}, got {direction!r} (leave "
+                                "it out: it follows the metric)")
         for name, natural, wanted in zip(names, directions, given, strict=True):
             if wanted != natural:
                 raise MetricProblem("direction", f"{name} needs {natural}: {wanted!r} would "

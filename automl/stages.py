@@ -218,13 +218,21 @@ def _obtain(state: TrainState, stage: Stage) -> Path:
         log.info("stage %s: building %s", stage.name, path)
         context = StageContext(stage, stage_data(state.data), state.device, stage_dir)
         started = time.perf_counter()
-        record = stage.run(context)
+        with _own_random_state(state.device):  # the training that asked goes on as if the
+            record = stage.run(context)        # artifact had been there: reproducible
         if not isinstance(record, dict):
             raise TypeError(f"stage {stage.name}: run() returned a {type(record).__name__}, "
                             "not a dict of tensors and plain values")
         _save_atomic(record, path)
         _describe(folder / DESCRIPTION, stage, state, time.perf_counter() - started)
     return path
+
+
+def _own_random_state(device: torch.device):
+    """Torch's global random state (and the device's) restored afterwards."""
+    import torch
+
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def _readable(path: Path, remove: bool = True) -> bool:

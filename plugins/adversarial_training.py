@@ -122,10 +122,11 @@ class AdversarialTraining(Technique):
     ``robust_acc``: the share of the split classified correctly both clean and under FGSM
     at ``eval_epsilon`` (a measurement setting: the default space fixes it, so trials
     compare; set it to your threat model, e.g. 8/255 ≈ 0.031 for CIFAR), measured on the
-    evaluated model (EMA weights included) at the evaluation resolution, without the other
-    ``eval_batch`` hooks (test-time augmentation). It costs a forward, a backward and a
-    forward per evaluated batch: evaluation takes about three times as long; training costs
-    one extra forward and backward (PGD: ``pgd_steps``) on the attacked fraction.
+    evaluated model (EMA weights and test-time augmentation included) at the evaluation
+    resolution (inference_resize's), without running ``eval_batch`` hooks. It costs a
+    forward, a backward and a forward per evaluated batch: evaluation takes about four
+    times as long; training costs one extra forward and backward (PGD: ``pgd_steps``) on
+    the attacked fraction.
     Report or optimise it with ``study: {metric: val/robust_acc}``, the technique fixed on.
     Helps: robustness to small worst-case input perturbations, usually at some cost in clean
     accuracy; occasionally a regulariser on small data. FGSM training at large ε can overfit

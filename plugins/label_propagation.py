@@ -49,13 +49,18 @@ def knn_graph(features: torch.Tensor, k: int, gamma: float = GAMMA
 def graph_product(neighbours: torch.Tensor, weights: torch.Tensor,
                   x: torch.Tensor) -> torch.Tensor:
     """(A + Aᵀ) x for the graph of :func:`knn_graph` and an N×C ``x``: a gather for A, an
-    ``index_add`` for Aᵀ (no sparse tensors: every device has these two)."""
+    ``index_add`` for Aᵀ (no sparse tensors: every device has these two), in chunks of rows
+    that bound the N×k×C products to :data:`KNN_CHUNK_ENTRIES` entries."""
     import torch
 
-    along = (weights.unsqueeze(-1) * x[neighbours]).sum(1)
-    back = torch.zeros_like(x).index_add_(
-        0, neighbours.flatten(), (weights.unsqueeze(-1) * x.unsqueeze(1)).flatten(0, 1))
-    return along + back
+    n, k = neighbours.shape
+    out = torch.zeros_like(x)
+    chunk = max(1, KNN_CHUNK_ENTRIES // (k * x.shape[1]))
+    for start in range(0, n, chunk):
+        near, w = neighbours[start:start + chunk], weights[start:start + chunk].unsqueeze(-1)
+        out[start:start + chunk] += (w * x[near]).sum(1)
+        out.index_add_(0, near.flatten(), (w * x[start:start + chunk].unsqueeze(1)).flatten(0, 1))
+    return out
 
 
 def diffuse(neighbours: torch.Tensor, weights: torch.Tensor, seeds: torch.Tensor,
@@ -195,7 +200,6 @@ class LabelPropagation(Technique):
         """A batch of pseudo-labelled images (weakly augmented, normalised), their pseudo
         labels and weights."""
         import torch
-
         from automl.plugins.unlabelled_data import images_at, model_input, weak_augment
 
         gen = state.generator
@@ -210,8 +214,8 @@ def _features(state, split) -> torch.Tensor:
     """The classifier's input for every image of ``split`` (normalised as for training, at
     the training resolution), the plain model in eval mode, without gradients."""
     import torch
-
     from automl.plugins.unlabelled_data import model_input
+
     from automl.trainer import autocast, device_batches
 
     model = state.model

@@ -99,9 +99,9 @@ class PseudoLabels(Technique):
         """``mu`` × batch unlabelled images: their strong views (normalised, as the model
         takes them), and the pseudo labels and kept mask from their weak views."""
         import torch
-
         from automl.plugins.random_erasing import random_erase
         from automl.plugins.unlabelled_data import images_at, model_input, weak_augment
+
         from automl.trainer import autocast
 
         unlabelled, gen = state.data.unlabelled, state.generator

@@ -37,21 +37,23 @@ class Quantization(Technique):
     Training is unchanged. At every evaluation (each epoch's validation, the test split) a
     float32 CPU copy of the evaluated model (EMA weights, FixRes statistics and test-time
     augmentation included) is quantized with torch's own FX graph mode
-    (``torch.ao.quantization``, the default x86/fbgemm qconfig: per-channel int8 weights,
-    uint8 activations, convolutions fused with batch norm and ReLU), its activation ranges
-    calibrated on ``calibration_batches`` un-augmented training batches (never on val or
-    test). Adds to the split's metrics: ``int8_acc`` (top-1 accuracy of the int8 model on
-    the split, fed as evaluation feeds the float model; eval_batch hooks other than
-    inference_resize's resize are not replayed), ``model_bytes`` and ``float_bytes`` (the
-    serialised int8 and float32 state_dict), ``latency_ms`` and ``float_latency_ms`` (median
-    CPU milliseconds per image at batch 1 over 20 runs after 20 warm-up runs: a measurement
-    of the machine and its load at that moment, not a property of the model). The int8 pass
-    runs on the CPU whatever the training device: on a GPU it can cost as much as the
-    float evaluation's whole epoch. Quantization-aware training is not offered: fake-quant
-    modules would change the trained model's structure under EMA, FixRes and the saved model
-    file. torch has deprecated torch.ao's FX quantization in favour of torchao; it still
-    ships and works in the torch this project pins. Models FX cannot trace fail the trial
-    with that error.
+    (``torch.ao.quantization``, torch's default x86/fbgemm qconfig mapping: per-channel
+    int8 weights, uint8 activations, convolutions fused with batch norm and ReLU), its
+    activation ranges the min and max over ``calibration_batches`` un-augmented training
+    batches, never val or test (torch's default histogram observer does work that depends
+    on the data). Layers FX cannot trace into (ghost batch norm) stay float; a model FX
+    cannot trace at all fails the trial with that error. Adds to the split's metrics:
+    ``int8_acc`` (top-1 accuracy of the int8 model on the split, fed as evaluation feeds
+    the float model; eval_batch hooks other than inference_resize's resize are not
+    replayed), ``model_bytes`` and ``float_bytes`` (the serialised int8 and float32
+    state_dict), ``latency_ms`` and ``float_latency_ms`` (median CPU milliseconds per image
+    at batch 1 over 20 runs after 20 warm-up runs: a measurement of the machine and its
+    load at that moment, not a property of the model). The int8 pass runs on the CPU
+    whatever the training device: on a GPU it can cost as much as the float validation.
+    Quantization-aware training is not offered: fake-quant modules would change the trained
+    model's structure under EMA, FixRes and the saved model file. torch deprecates
+    torch.ao's FX quantization in favour of torchao; it still ships and works in the
+    pinned torch.
     Suggested: calibration_batches 4–8 (more rarely changes the ranges of a small model).
     Source: Jacob et al., "Quantization and Training of Neural Networks for Efficient
     Integer-Arithmetic-Only Inference" (2018); Krishnamoorthi, "Quantizing deep

@@ -61,6 +61,24 @@ def network(model: nn.Module) -> nn.Module:
     return model
 
 
+def qconfig_mapping(backend: str):
+    """torch's default qconfig mapping for ``backend``, its activation observer replaced by a
+    min/max one (torch's default for activations is a histogram observer). The histogram
+    observer's work depends on the values it sees, and so does the number of times it
+    reads a value back on the host; with min/max observers the whole int8 evaluation reads
+    back the same number of values whatever the weights, which tests/test_host_sync.py
+    relies on to tell per-batch reads from per-evaluation ones.
+    """
+    from torch.ao.quantization import MinMaxObserver, QConfig, get_default_qconfig_mapping
+
+    mapping = get_default_qconfig_mapping(backend)
+    default = mapping.global_qconfig
+    reduce_range = backend in ("x86", "fbgemm")  # as torch's default: no overflow on AVX2
+    return mapping.set_global(QConfig(
+        activation=MinMaxObserver.with_args(reduce_range=reduce_range),
+        weight=default.weight))
+
+
 def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], backend: str) -> nn.Module:
     """An int8 version of ``model`` (a CPU float32 copy, :func:`cpu_float_copy`, changed in
     place): FX graph-mode post-training static quantization with torch's default qconfig for
@@ -71,7 +89,6 @@ def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], backend: str
     around it stay as they are (their views run in float), and calibration runs through them,
     so the observed ranges are those of the inputs the network gets in evaluation.
     """
-    from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx
 
     holder, inner = None, model
@@ -80,7 +97,7 @@ def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], backend: str
     batches = iter(calibration)
     first = next(batches)
     with quantized_engine(backend), torch.no_grad():
-        prepared = _prepared(inner, get_default_qconfig_mapping(backend), first)
+        prepared = _prepared(inner, qconfig_mapping(backend), first)
         if holder is None:
             model = prepared
         else:

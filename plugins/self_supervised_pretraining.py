@@ -10,13 +10,13 @@ from automl.technique import Technique
 if TYPE_CHECKING:
     import torch
 
-    from automl.data import Split
+    from automl.data import ImageFiles, Split
     from automl.stages import StageContext
 
 STAGE = "self_supervised_pretraining.backbone"
 
 
-def pretext_images(context: StageContext) -> torch.Tensor | object:
+def pretext_images(context: StageContext) -> torch.Tensor | ImageFiles:
     """Every image the pretext task may train on: the labelled training split and, when the
     data has them, the unlabelled images (their labels unused). Never val or test: the stage
     is handed neither (automl.stages.stage_data)."""

@@ -34,7 +34,8 @@ def views(images: torch.Tensor, flip: bool, shift: int) -> list[torch.Tensor]:
 
 class ViewAverage(EvalWrapper):
     """``module``'s logits averaged over :func:`views` of each batch (one forward per view,
-    so a batch costs no more memory than without it)."""
+    so a batch costs no more memory than without it), summed in float32 (under autocast the
+    module's own are bfloat16)."""
 
     technique = "test_time_augmentation"
 
@@ -44,9 +45,9 @@ class ViewAverage(EvalWrapper):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         batches = views(images, self.flip, self.shift)
-        total = self.module(batches[0])
+        total = self.module(batches[0]).float()
         for batch in batches[1:]:
-            total = total + self.module(batch)
+            total = total + self.module(batch).float()
         return total / len(batches)
 
     def extra_repr(self) -> str:

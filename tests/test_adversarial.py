@@ -189,7 +189,7 @@ def test_pgd_with_mixup_trains_and_reports_robust_accuracy(data):
 def test_robust_accuracy_is_clean_accuracy_at_zero_and_below_it_under_attack(data):
     """A model trained on digits (with adversarial training at ε 0.1): at eval ε 0 the metric
     is exactly the accuracy; at 0.1 FGSM lowers it."""
-    recipe = _recipe({"adversarial_training": {"eval_epsilon": 0.0}}, epochs=3)
+    recipe = _recipe({"adversarial_training": {"eval_epsilon": 0.0}}, epochs=2)
     pm = training_manager(recipe)
     state = train(recipe, data, pm, device=CPU)
     last = state.history[-1]
@@ -241,3 +241,13 @@ def test_a_study_can_optimise_robust_accuracy_with_the_technique_fixed_on(tmp_pa
         """))
     study = load_space(path, technique_catalog()).study
     assert (study["metric"], study["direction"]) == ("val/robust_acc", "maximize")
+
+
+def test_at_zero_eps_robust_accuracy_sees_what_evaluation_sees(data):
+    """Test-time augmentation (an eval_model wrapper) and inference resize (an eval_batch
+    hook, reproduced through ``eval_image_size``): the metric's clean pass is evaluation's."""
+    recipe = _recipe({"adversarial_training": {"eval_epsilon": 0.0},
+                      "test_time_augmentation": {}, "inference_resize": {"scale": 1.25}})
+    state = train(recipe, data, training_manager(recipe), device=CPU, max_steps=3)
+    assert state.history[-1]["val/robust_acc"] == pytest.approx(state.history[-1]["val/acc1"],
+                                                                abs=1e-6)

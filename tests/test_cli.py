@@ -309,14 +309,16 @@ def test_trained_weights_load_into_a_fresh_model_and_reproduce_test_accuracy(tra
 
 
 def _listed_techniques(output: str) -> dict[str, list[str]]:
-    """``name (kind): summary`` header lines, each followed by indented parameter lines."""
+    """``name (kind): summary`` header lines, each followed by indented parameter lines (and
+    then, for a technique with declared conflicts, ``never on with ...`` lines)."""
     listed: dict[str, list[str]] = {}
     current = None
     for line in output.splitlines():
         header = re.match(r"^(\w+) \((optional|required)[^)]*\): \S", line)
         if header:
             current = listed.setdefault(header.group(1), [])
-        elif line.startswith("    ") and line.strip() and current is not None:
+        elif line.startswith("    ") and line.strip() and current is not None \
+                and not line.startswith("    never on with "):
             current.append(line.split()[0])
     return listed
 

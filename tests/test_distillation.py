@@ -23,7 +23,7 @@ from automl.replay import replay
 from automl.report import SilentReporter, trial_details
 from automl.search import SearchSettings, run_search
 from automl.space import definition_difference, load_recipe, load_space
-from automl.stages import ARTIFACT
+from automl.stages import ARTIFACT, StageDirectory
 from automl.trainer import train
 
 CPU = torch.device("cpu")
@@ -190,3 +190,19 @@ def test_the_teachers_own_techniques_are_part_of_the_studys_definition(searched,
                         {"teacher_techniques": {"optimizer": {}}})
     difference = definition_difference(study.user_attrs["space_definition"], space.definition())
     assert difference.startswith("distillation.stage.teacher_techniques was")
+
+
+def test_a_student_trains_alike_whether_its_teacher_was_built_or_found(data, tmp_path):
+    """Building the teacher in the middle of the student's setup leaves the student's random
+    state as it was (dropout draws from it)."""
+    recipe = _recipe({"distillation": {"teacher_epochs_factor": 1}, "dropout": {}})
+
+    def student():
+        pm = training_manager(recipe, extra_plugins=[StageDirectory(tmp_path / "stages")])
+        return train(recipe, data, pm, device=CPU, max_steps=3)
+
+    built, found = student(), student()
+    assert len(list((tmp_path / "stages").iterdir())) == 1
+    for (name, a), b in zip(built.model.state_dict().items(), found.model.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name

@@ -290,7 +290,10 @@ def test_a_technique_metric_can_be_one_of_several(tmp_path):
     ("", "metric: [val/acc1, model/params, val/acc1]", "study.metric: val/acc1 is listed twice"),
     ("", "metric: []", "study.metric: expected a metric name or a list of them"),
     ("", "metric: [val/acc1, model/params], direction: maximize",
-     "study.direction: expected maximize, minimize for each metric"),
+     "study.direction: expected a list of maximize/minimize, one per metric (2), got "
+     "'maximize'"),
+    ("", "metric: val/loss, direction: down", "study.direction: expected maximize or "
+     "minimize, got 'down'"),
     ("", "metric: [val/acc1, model/params], direction: [maximize, maximize]",
      "study.direction: model/params needs minimize"),
 ])
@@ -329,3 +332,41 @@ def test_search_help_says_several_metrics_are_not_pruned():
     text = " ".join(invoke("search", "--help").output.split())
     assert "off for a study with several metrics" in text
     assert "Pareto front" in text
+
+
+def test_a_trial_of_two_metrics_records_its_curve_and_a_late_result_keeps_both_values():
+    """Optuna refuses Trial.report with several directions: the curve of the first metric is
+    recorded anyway, nothing is pruned, and a result told after a sweep keeps every value."""
+    import optuna
+
+    from automl.late_results import LATE_RESULT_OF, TrialWrites
+    from automl.optuna_adapter import set_trial_state
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    writes = TrialWrites(study, trial)
+    writes.report(0.5, 1)
+    assert not writes.should_prune()
+    assert study.trials[trial.number].intermediate_values == {1: 0.5}
+    set_trial_state(study, trial, TrialState.FAIL)  # another process's sweep
+    writes.report(0.6, 2)
+    number = writes.tell(TrialState.COMPLETE, [0.6, 1234.0])
+    late = study.trials[number]
+    assert late.user_attrs[LATE_RESULT_OF] == trial.number
+    assert late.values == [0.6, 1234.0] and late.intermediate_values == {1: 0.5, 2: 0.6}
+
+
+def test_the_chosen_trial_breaks_ties_on_the_next_metric_then_the_lowest_number():
+    import optuna
+    from optuna.trial import create_trial
+
+    from automl.objectives import best_trial, pareto_front
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for values in ([0.9, 500.0], [0.9, 300.0], [0.8, 100.0], [0.7, 200.0], [0.9, 300.0]):
+        study.add_trial(create_trial(values=values))
+    trials = study.get_trials()
+    assert [t.number for t in pareto_front(trials, study.directions)] == [1, 2, 4]
+    assert sorted(t.number for t in study.best_trials) == [1, 2, 4]  # Optuna agrees
+    assert best_trial(study).number == 1

@@ -216,3 +216,24 @@ def test_the_stage_trains_on_training_and_unlabelled_images_never_val_or_test(tm
     (context, images), = seen
     assert len(context.data.val) == 0 and len(context.data.test) == 0
     assert torch.equal(images, torch.cat([data.train.images, data.unlabelled.images]))
+
+
+def test_pretext_tasks_read_image_folders_too(tmp_path):
+    """A folder too large for memory arrives as ImageFiles: decoded batch by batch."""
+    from PIL import Image
+
+    from automl.data import ImageFiles
+
+    pixels = torch.randint(0, 256, (8, 8, 8, 3), dtype=torch.uint8, generator=_gen())
+    paths = []
+    for i, image in enumerate(pixels):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image.numpy()).save(paths[-1])
+    files = ImageFiles(paths, size=8, workers=0)
+    torch.manual_seed(0)
+    model = timm.create_model("automl_resnet8", num_classes=3, in_chans=3)
+    before = model.stem[0].weight.detach().clone()
+    weights = pretrain_simclr(model, files, epochs=1, batch_size=4, lr=1e-3, temperature=0.5,
+                              device=CPU, generator=_gen(),
+                              normalise=lambda images: images.float() / 255)
+    assert not torch.equal(weights["stem.0.weight"], before)

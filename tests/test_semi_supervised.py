@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from automl.plugins import label_propagation
 from automl.plugins.label_propagation import (
     class_balance,
     diffuse,
@@ -20,13 +21,13 @@ from automl.plugins.label_propagation import (
     pseudo_labels,
 )
 from automl.plugins.pseudo_labels import confident, masked_cross_entropy
-from automl.plugins.unlabelled_data import DrawPerBatch
 from PIL import Image
 
 from automl import data as data_module
-from automl.data import load_data
+from automl.data import ImageFiles, load_data
 from automl.discovery import technique_catalog, training_manager
 from automl.errors import UserError
+from automl.hookspecs import hookimpl
 from automl.recipe import Recipe
 from automl.space import load_space
 from automl.trainer import prepare, train
@@ -149,6 +150,27 @@ def test_a_train_test_folder_takes_unlabelled_beside_them_not_inside_train(tmp_p
         load_data({"dataset": "folder", "path": str(tmp_path), "image_size": 6})
 
 
+@pytest.mark.parametrize("technique", ["pseudo_labels", "label_propagation"])
+def test_unlabelled_images_read_from_disk_train_too(tmp_path, technique):
+    """A folder too large for memory (``in_memory: false``): the unlabelled images are
+    decoded per batch like the labelled ones."""
+    for i in range(12):
+        _png(tmp_path / "cat" / f"{i}.png", (200, 10, 10))
+        _png(tmp_path / "dog" / f"{i}.png", (10, 10, 200))
+        _png(tmp_path / "unlabelled" / f"{i}.png", (100, 10, 100))
+    cfg = {"dataset": "folder", "path": str(tmp_path), "image_size": 8, "in_memory": False,
+           "workers": 0, "batch_size": 4, "labelled_fraction": 0.5}
+    data = load_data(cfg)
+    # per class: 12 images, 2 to test, 1 to validation, 5 of the other 9 unlabelled
+    assert isinstance(data.unlabelled.images, ImageFiles)
+    assert (len(data.train), len(data.unlabelled)) == (8, 12 + 10)
+    params = {"warmup_epochs": 0, "k": 5} if technique == "label_propagation" else {}
+    recipe = Recipe(model="automl_resnet8", data=cfg, epochs=1,
+                    techniques={"optimizer": {}, technique: params})
+    state = train(recipe, data, training_manager(recipe), device=CPU, max_steps=2)
+    assert state.step == 2 and math.isfinite(state.history[0]["train/loss"])
+
+
 def test_an_empty_unlabelled_folder_is_refused(tmp_path):
     for cls in ("cat", "dog"):
         for i in range(3):
@@ -226,27 +248,6 @@ def test_pseudo_labels_train_on_the_unlabelled_images():
     assert losses[0.0] > losses[1.0]
 
 
-def test_a_recomputed_step_reuses_its_draw():
-    """state.closure re-runs after_loss for the same micro-batch: the draw is the same one."""
-
-    class State:
-        step = 0
-        images = torch.zeros(1)
-
-    draws, state = DrawPerBatch(), State()
-    made = []
-
-    def draw(_state):
-        made.append(1)
-        return len(made)
-
-    assert draws.get(state, draw) == 1 and draws.get(state, draw) == 1
-    state.images = torch.zeros(1)  # the next micro-batch
-    assert draws.get(state, draw) == 2
-    state.step = 1
-    assert draws.get(state, draw) == 3
-
-
 # --- label_propagation -------------------------------------------------------------------------
 
 
@@ -278,8 +279,12 @@ def test_knn_graph_excludes_each_point_itself_and_powers_the_similarity():
     assert torch.allclose(weights, expected, atol=1e-6)
 
 
-def test_diffusion_solves_the_linear_system():
-    """Conjugate gradient's Z against (I - αW_n)⁻¹ Y computed densely."""
+@pytest.mark.parametrize("chunk_entries", [None, 7], ids=["one-chunk", "many-chunks"])
+def test_diffusion_solves_the_linear_system(monkeypatch, chunk_entries):
+    """Conjugate gradient's Z against (I - αW_n)⁻¹ Y computed densely; the same when the
+    k-NN search and the graph products run in chunks of a few rows."""
+    if chunk_entries is not None:
+        monkeypatch.setattr(label_propagation, "KNN_CHUNK_ENTRIES", chunk_entries)
     features, truth = _two_clusters(n=12)
     neighbours, weights = knn_graph(features, k=3)
     dense = torch.zeros(12, 12)
@@ -327,3 +332,47 @@ def test_fashion_mnist_with_500_of_5000_images_labelled():
     assert len(bundle.train) == 500 and len(bundle.unlabelled) == 4500
     assert torch.bincount(bundle.train.labels).tolist() == [50] * 10
     assert len(bundle.val) == 5000 and len(bundle.test) == 10000
+
+
+# --- with the other techniques -----------------------------------------------------------------
+
+
+class ClosureCheck:
+    """After the first backward of each step, re-runs the step through ``state.closure`` and
+    records the loss the pass computed and the one the closure recomputed."""
+
+    def __init__(self):
+        self.pairs: list[tuple[float, float]] = []
+
+    @hookimpl
+    def after_backward(self, state):
+        self.pairs.append((state.loss.item(), state.closure().item()))
+
+
+@pytest.mark.parametrize("technique", [{"pseudo_labels": {"threshold": 0.0}},
+                                       {"label_propagation": {"warmup_epochs": 0}}],
+                         ids=["pseudo_labels", "label_propagation"])
+def test_the_step_closure_recomputes_the_same_unlabelled_term(technique):
+    """Same weights, same micro-batch: the recomputed loss, unlabelled term included, is the
+    one the step computed (a fresh unlabelled draw would give another)."""
+    cfg = {**DIGITS, "labelled_fraction": 0.5}
+    recipe = Recipe(model="automl_resnet8", data=cfg, epochs=1,
+                    techniques={"optimizer": {}, **technique})
+    check = ClosureCheck()
+    train(recipe, load_data(cfg), training_manager(recipe, extra_plugins=[check]), device=CPU,
+          max_steps=2)
+    assert len(check.pairs) == 2
+    for computed, recomputed in check.pairs:
+        assert recomputed == pytest.approx(computed, rel=1e-5)
+
+
+def test_both_techniques_train_with_the_batch_techniques_and_accumulation():
+    cfg = {**DIGITS, "labelled_fraction": 0.3}
+    techniques = {"optimizer": {}, "pseudo_labels": {"threshold": 0.8, "mu": 2},
+                  "label_propagation": {"warmup_epochs": 0, "k": 5}, "mixup": {},
+                  "cutmix": {}, "augment_policy": {}, "random_erasing": {}, "ema": {},
+                  "label_smoothing": {}, "grad_accumulation": {"steps": 2},
+                  "progressive_resizing": {}}
+    recipe = Recipe(model="automl_resnet8", data=cfg, epochs=1, techniques=techniques)
+    state = train(recipe, load_data(cfg), training_manager(recipe), device=CPU, max_steps=2)
+    assert state.step == 2 and math.isfinite(state.history[0]["train/loss"])
