@@ -365,17 +365,19 @@ def trivial_augment(images: Tensor, generator: torch.Generator) -> Tensor:
     return apply_ops(images, ops, op, table[op, level], _signs(n, generator))
 
 
-def rand_augment(images: Tensor, num_ops: int, magnitude: int,
+def rand_augment(images: Tensor, num_ops: int, magnitude: int | None,
                  generator: torch.Generator) -> Tensor:
-    """RandAugment: ``num_ops`` uniformly drawn ops per sample, all at bin ``magnitude`` of 31."""
+    """RandAugment: ``num_ops`` uniformly drawn ops per sample, all at bin ``magnitude`` of 31
+    (``None``: each op at a uniformly drawn bin, the variant FixMatch uses)."""
     ops, _, bins = _SPACES["randaugment"]
-    if not 0 <= magnitude < bins:
+    if magnitude is not None and not 0 <= magnitude < bins:
         raise ValueError(f"RandAugment magnitude must be in [0, {bins - 1}], got {magnitude}")
     n, _, h, w = images.shape
     table = _magnitudes("randaugment", h, w, images.device)
     for _ in range(num_ops):
         op = _randint(len(ops), n, generator)
-        images = apply_ops(images, ops, op, table[op, magnitude], _signs(n, generator))
+        level = _randint(bins, n, generator) if magnitude is None else magnitude
+        images = apply_ops(images, ops, op, table[op, level], _signs(n, generator))
     return images
 
 

@@ -191,9 +191,9 @@ class SearchSpace:
         """What makes trials of this space comparable, as flat strings: model, data (without
         where the files live), epochs, seed, every technique's parameters and ranges (the
         required ones too when left out) and their stages' settings, the order in which each
-        hook calls the techniques that share it, and the version of these rules. A study stores it, so resuming with
-        another space, or under other order rules, is caught; the order of the file is not
-        part of it."""
+        hook calls the techniques that share it, and the version of these rules. A study
+        stores it, so resuming with another space, or under other order rules, is caught; the
+        order of the file is not part of it."""
         items = {"model": self.model, "epochs": str(self.epochs), "seed": str(self.seed),
                  DEFINITION_RULES: RULES_VERSION,
                  **{f"data.{k}": repr(v) for k, v in sorted(self.data.items())

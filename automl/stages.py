@@ -94,7 +94,7 @@ class Stage:
 
 class Trained(NamedTuple):
     """What :meth:`StageContext.train` returns: the final state and the plugin manager it
-    trained with (``automl.model_file.model_record`` takes both)."""
+    trained with (``automl.model_file.save_model`` takes both)."""
 
     state: TrainState
     pm: pluggy.PluginManager
@@ -363,5 +363,7 @@ def split_fingerprint(split: Split | None) -> str | None:
     else:
         digest.update(str(tuple(split.images.shape)).encode())
         digest.update(memoryview(split.images.numpy()).cast("B"))
+    for key in [k for k, (ref, _) in _FINGERPRINTS.items() if ref() is None]:
+        del _FINGERPRINTS[key]  # splits that are gone
     _FINGERPRINTS[id(split.labels)] = (weakref.ref(split.labels), digest.hexdigest())
     return digest.hexdigest()

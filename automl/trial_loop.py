@@ -36,8 +36,8 @@ from automl.objectives import objective_values, pareto_front
 from automl.provenance import ENVIRONMENT, environment
 from automl.recipe import Recipe
 from automl.search_context import SearchContext
-from automl.stages import STAGE_SECONDS, StageDirectory, run_stage_dir
 from automl.space import SearchSpace
+from automl.stages import STAGE_SECONDS, StageDirectory, run_stage_dir
 from automl.state import TrainState
 from automl.storage import StorageFailed
 from automl.study_lifecycle import export_best, recording

@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 #: Cutout of the strong view: a box of up to a quarter of the image (FixMatch: a square of
 #: up to half the side), filled with 0, the mean of the normalised input.
 CUTOUT_AREA_MAX = 0.25
-#: TrivialAugment ops applied in a row for the strong view (FixMatch's RandAugment: 2 ops,
-#: each at a random magnitude).
+#: RandAugment ops applied in a row for the strong view, each at a random magnitude
+#: (FixMatch's variant of RandAugment).
 STRONG_OPS = 2
 
 
@@ -38,13 +38,12 @@ def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def strong_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """FixMatch's strong view of a uint8 batch (already weakly augmented): TrivialAugment
-    ops drawn per sample, :data:`STRONG_OPS` in a row. Cutout follows on the normalised batch."""
+    """FixMatch's strong view of a uint8 batch (already weakly augmented): RandAugment's
+    ops and ranges (rotation up to 30°, shear 0.3, shift 45%), :data:`STRONG_OPS` drawn per
+    sample, each at a random magnitude. Cutout follows on the normalised batch."""
     from automl import augment
 
-    for _ in range(STRONG_OPS):
-        images = augment.trivial_augment(images, generator)
-    return images
+    return augment.rand_augment(images, STRONG_OPS, None, generator)
 
 
 class PseudoLabels(Technique):
@@ -53,14 +52,14 @@ class PseudoLabels(Technique):
     Each training step draws `mu` × batch size unlabelled images; the model's prediction on a
     weak view (random shift, optional flip), without gradient, gives each a pseudo label,
     kept when its probability is at least `threshold`; a strong view of the same images
-    (weak view, two TrivialAugment ops, cutout) is trained towards it: `weight` ×
-    cross-entropy over the kept ones (divided by all drawn, as in the paper). Needs
-    unlabelled images (`data.labelled_fraction` below 1, or a folder's `unlabelled/`).
+    (weak view, two RandAugment ops at random magnitudes, cutout) is trained towards it:
+    `weight` × cross-entropy over the kept ones (divided by all drawn, as in the paper).
+    Needs unlabelled images (`data.labelled_fraction` below 1, or a folder's `unlabelled/`).
     The two extra forwards are separate from the labelled one (FixMatch concatenates all
     three), so batch norm normalises each by its own statistics and its running averages
     see all three batches; under SAM's closure the same unlabelled draw is reused.
     Helps: few labels and many unlabelled images of the same classes (FixMatch: CIFAR-10
-    with 250 labels reaches 95%); most when the weak-view predictions are already fair.
+    with 250 labels reaches about 95%); most when the weak-view predictions are already fair.
     Suggested: threshold 0.95, weight 1, mu 7 in the paper; mu 1–3 on a CPU budget (each
     unit costs a forward and a backward of one batch).
     Source: Sohn et al., "FixMatch: Simplifying Semi-Supervised Learning with Consistency

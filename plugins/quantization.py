@@ -46,9 +46,9 @@ class Quantization(Technique):
     ``int8_acc`` (top-1 accuracy of the int8 model on the split, fed as evaluation feeds
     the float model; eval_batch hooks other than inference_resize's resize are not
     replayed), ``model_bytes`` and ``float_bytes`` (the serialised int8 and float32
-    state_dict), ``latency_ms`` and ``float_latency_ms`` (median CPU milliseconds per image
-    at batch 1 over 20 runs after 20 warm-up runs: a measurement of the machine and its
-    load at that moment, not a property of the model). The int8 pass runs on the CPU
+    state_dict), ``latency_ms`` and ``float_latency_ms`` (median milliseconds per image at
+    batch 1 on one CPU thread, over 20 runs after 20 warm-up runs: a measurement of the
+    machine and its load at that moment, not a property of the model). The int8 pass runs on the CPU
     whatever the training device: on a GPU it can cost as much as the float validation.
     Quantization-aware training is not offered: fake-quant modules would change the trained
     model's structure under EMA, FixRes and the saved model file. torch deprecates

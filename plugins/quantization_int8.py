@@ -81,9 +81,9 @@ def qconfig_mapping(backend: str):
 
 def quantize(model: nn.Module, calibration: Iterable[torch.Tensor], backend: str) -> nn.Module:
     """An int8 version of ``model`` (a CPU float32 copy, :func:`cpu_float_copy`, changed in
-    place): FX graph-mode post-training static quantization with torch's default qconfig for
-    ``backend`` (per-channel int8 weights, uint8 activations whose ranges are observed on the
-    ``calibration`` batches; convolutions fused with their batch norm and ReLU).
+    place): FX graph-mode post-training static quantization with :func:`qconfig_mapping`'s
+    qconfigs for ``backend`` (per-channel int8 weights, uint8 activations whose ranges are
+    observed on the ``calibration`` batches; convolutions fused with batch norm and ReLU).
 
     Only the network is traced and quantized: :class:`~automl.model_file.EvalWrapper` layers
     around it stay as they are (their views run in float), and calibration runs through them,
@@ -155,13 +155,20 @@ def state_dict_bytes(model: nn.Module) -> int:
 def latency_ms(model: nn.Module, image: torch.Tensor, backend: str,
                runs: int = LATENCY_RUNS) -> float:
     """Median wall-clock milliseconds of ``model`` on one image (a batch of 1), over ``runs``
-    timed forward passes after as many warm-up passes, on this process's CPU threads.
+    timed forward passes after as many warm-up passes, on one CPU thread (torch's thread
+    count is restored after): several threads on a tiny batch mostly wait for each other,
+    and wait far longer when other processes load the CPU.
 
-    A measurement of this machine at this moment (its load, its thread count), not a property
-    of the model: compare values from one machine, in one run.
+    A measurement of this machine at this moment (its load), not a property of the model:
+    compare values from one machine, in one run.
     """
-    with quantized_engine(backend):
-        return _median_ms(lambda: model(image), runs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with quantized_engine(backend):
+            return _median_ms(lambda: model(image), runs)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _median_ms(call: Callable[[], object], runs: int) -> float:

@@ -30,19 +30,8 @@ def pretext_images(context: StageContext) -> torch.Tensor | ImageFiles:
 
 def run_pretext(context: StageContext) -> dict:
     """The stage: a fresh model of the recipe's architecture trained on the pretext task; the
-    artifact is its backbone's weights (no classifier, no pretext head).
-
-    It draws from torch's global random state (the model's init) in a forked copy, so a trial
-    that builds the stage and one that reads it from the cache go on from the same state.
-    """
-    import torch
-
-    device = context.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return _pretrain(context)
-
-
-def _pretrain(context: StageContext) -> dict:
+    artifact is its backbone's weights (no classifier, no pretext head). The framework forks
+    torch's global random state around it, so seeding here changes nothing after it."""
     import timm
     import torch
 

@@ -245,9 +245,10 @@ def test_a_study_can_optimise_robust_accuracy_with_the_technique_fixed_on(tmp_pa
 
 def test_at_zero_eps_robust_accuracy_sees_what_evaluation_sees(data):
     """Test-time augmentation (an eval_model wrapper) and inference resize (an eval_batch
-    hook, reproduced through ``eval_image_size``): the metric's clean pass is evaluation's."""
+    hook, reproduced through ``eval_image_size``): the metric's clean pass is evaluation's.
+    One epoch, so that the model's predictions depend on the resolution it is shown."""
     recipe = _recipe({"adversarial_training": {"eval_epsilon": 0.0},
                       "test_time_augmentation": {}, "inference_resize": {"scale": 1.25}})
-    state = train(recipe, data, training_manager(recipe), device=CPU, max_steps=3)
+    state = train(recipe, data, training_manager(recipe), device=CPU)
     assert state.history[-1]["val/robust_acc"] == pytest.approx(state.history[-1]["val/acc1"],
                                                                 abs=1e-6)

@@ -14,7 +14,7 @@ import yaml
 from automl.plugins import BUILTIN_TECHNIQUES
 
 from automl import hookspecs
-from automl.discovery import hook_names, technique_catalog, training_manager
+from automl.discovery import hook_names, training_manager
 from automl.recipe import Recipe
 from automl.state import TrainState
 from automl.technique import markdown_table
@@ -85,8 +85,9 @@ def test_the_documented_state_fields_are_the_train_state_fields():
 def test_readme_technique_table_is_generated_from_the_catalog():
     table = re.search(r"<!-- techniques-table -->\n(.*?)\n<!-- /techniques-table -->", README,
                       re.S).group(1)
-    assert table == markdown_table(technique_catalog()), \
-        "README's table is stale: paste the output of `automl techniques --markdown`"
+    builtins = {cls.name: cls for cls in BUILTIN_TECHNIQUES}  # not the plugins installed here
+    assert table == markdown_table(builtins), \
+        "README's table is stale: paste the output of `automl --plugins '' techniques --markdown`"
 
 
 @pytest.mark.parametrize("cls", BUILTIN_TECHNIQUES, ids=lambda cls: cls.name)
