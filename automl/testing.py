@@ -4,16 +4,16 @@ built-ins (tests/test_techniques.py uses these same functions for every installe
 Plain functions that raise ``AssertionError`` with a message naming the technique, so they
 work under pytest or any other runner; pytest is not needed to import this module.
 
-    from automl.testing import check_round_trip, check_technique_class, edge_params, \\
-        train_a_few_batches
+    from automl.testing import (check_round_trip, check_technique_class, edge_params,
+                                train_a_few_batches)
 
     def test_input_noise():
         check_technique_class(InputNoise)
-        for case, params in edge_params(InputNoise).items():
+        for params in edge_params(InputNoise).values():
             check_round_trip(InputNoise, params)
             train_a_few_batches(InputNoise, params)
 
-A technique needs not be installed to be checked: the class given is used in place of any
+A technique need not be installed to be checked: the class given is used in place of any
 technique of the same name the catalog has. Training runs on the CPU on the embedded
 ``digits`` data (half of its labels hidden for a technique that ``needs_unlabelled``), so a
 check takes seconds.

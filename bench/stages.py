@@ -186,7 +186,7 @@ def main() -> None:
         for name in names:
             results[name] = run_comparison(name, COMPARISONS[name], seeds, epochs, args.quick,
                                            device)
-    report("stages", {
+    report("stages" if args.only is None else "stages-" + "+".join(names), {
         "benchmark": "stages", "device": device_name(device), "quick": args.quick,
         "dataset": "digits" if args.quick else "fashion_mnist", "model": "automl_resnet8",
         "seeds": len(seeds), "epochs": epochs, "seconds": round(time.perf_counter() - started, 1),

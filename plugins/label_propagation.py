@@ -137,7 +137,8 @@ class LabelPropagation(Technique):
     conjugate-gradient steps). Each unlabelled image gets the strongest class as a pseudo
     label, weighted by its certainty (1 − normalised entropy) and its class's inverse
     frequency; every training step then adds `weight` × the weighted cross-entropy of one
-    batch of them (random shift, optional flip). Needs unlabelled images
+    batch of them (random shift, optional flip; batch norm's running statistics stay those
+    of the labelled batches). Needs unlabelled images
     (`data.labelled_fraction` below 1, or a folder's `unlabelled/`) and a timm-style model.
     Helps: few labels with many unlabelled images, once the features separate the classes
     somewhat (hence the warm-up on the labels alone).
@@ -187,11 +188,12 @@ class LabelPropagation(Technique):
         if self._labels is None:
             return
         import torch.nn.functional as F
+        from automl.plugins.unlabelled_data import norm_statistics_kept
 
         from automl.trainer import autocast
 
         images, labels, weights = self._draws.get(state, self._draw)
-        with autocast(state):
+        with autocast(state), norm_statistics_kept(state.model):
             logits = state.train_model(images)
         losses = F.cross_entropy(logits.float(), labels, reduction="none")
         state.loss = state.loss + self.params["weight"] * (losses * weights).mean()

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import yaml
-from test_third_party_plugin import environment, install, run
+from test_third_party_plugin import builtins_only, environment, install, run
 
 # Three classes of the embedded digits (a real dataset, no download), registered by a plugin.
 FEW_DIGITS = '''
@@ -89,7 +89,8 @@ def test_a_plugin_dataset_is_searched_by_name_and_only_the_workers_load_it(tmp_p
 
 
 def test_listing_and_checking_datasets_imports_neither_torch_nor_numpy(tmp_path):
-    """Datasets register lazily: their loaders import torch when they run, not before."""
+    """Datasets register lazily: their loaders import torch when they run, not before (the
+    built-ins: plugins installed beside them are left out)."""
     code = """
 import sys
 from automl.data import available_datasets
@@ -99,7 +100,7 @@ for_loading({"dataset": "folder", "path": "x", "image_size": 8})
 print(" ".join(m for m in ("torch", "numpy") if m in sys.modules))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+                            timeout=120, cwd=tmp_path, env=builtins_only())
     assert result.returncode == 0, result.stderr
     names, loaded = (result.stdout.splitlines() + [""])[:2]
     assert {"cifar10", "cifar100", "digits", "fashion_mnist", "folder", "mnist"} <= \

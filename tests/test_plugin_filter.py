@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from importlib.metadata import entry_points
 
 import pytest
 from test_third_party_plugin import (
@@ -21,12 +22,15 @@ from test_third_party_plugin import (
     HELLO_COMMAND,
     finish,
     install,
+    skip_if_taken,
     start,
+    with_site,
 )
 
 from automl.discovery import (
     ALLOW_ENV,
     DISABLE_ENV,
+    ENTRY_POINT_GROUP,
     discovery_manager,
     skipped_plugins,
     technique_catalog,
@@ -57,7 +61,11 @@ def register_commands(cli):
 '''
 
 MODULES = ("filter_noise", "filter_extras", "filter_hello", "filter_child_env", "automl_broken")
-INSTALLED = "broken, child_env, extras, hello, input_noise"
+OWN_PLUGINS = {"broken", "child_env", "extras", "hello", "input_noise"}
+OWN_TECHNIQUES = {"input_noise", "grad_noise"}
+# Plugins installed outside the tests load too, as beside any install.
+OUTSIDE = sorted(entry_points(group=ENTRY_POINT_GROUP).names)
+INSTALLED = ", ".join(sorted(OWN_PLUGINS | set(OUTSIDE)))
 
 
 def install_plugins(site):
@@ -82,6 +90,7 @@ def _forget_discovery():
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     """The plugins installed on this process's ``sys.path``, no list set, discovery fresh."""
+    skip_if_taken(OWN_PLUGINS, OWN_TECHNIQUES)
     install_plugins(tmp_path / "site")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.delenv(ALLOW_ENV, raising=False)
@@ -106,7 +115,8 @@ def test_without_a_list_every_installed_plugin_is_imported(site):
 
 def test_disabled_plugins_are_never_imported(site, monkeypatch):
     monkeypatch.setenv(DISABLE_ENV, " broken, extras ")
-    assert _loaded() == ["builtin_datasets", "builtins", "child_env", "hello", "input_noise"]
+    assert _loaded() == sorted(["builtin_datasets", "builtins", "child_env", "hello",
+                                "input_noise", *OUTSIDE])
     assert "automl_broken" not in sys.modules and "filter_extras" not in sys.modules
     assert "input_noise" in technique_catalog() and "grad_noise" not in technique_catalog()
     assert skipped_plugins() == {"broken": f"in {DISABLE_ENV}", "extras": f"in {DISABLE_ENV}"}
@@ -148,10 +158,11 @@ def test_a_name_that_is_not_installed_is_an_error_listing_the_installed(site, mo
 @pytest.fixture(scope="module")
 def commands(tmp_path_factory):
     """Three `automl` runs with the group options, started at once (each imports torch)."""
+    skip_if_taken(OWN_PLUGINS, OWN_TECHNIQUES)
     root = tmp_path_factory.mktemp("plugin_filter")
     install_plugins(root / "site")
     env = {k: v for k, v in os.environ.items() if k not in (ALLOW_ENV, DISABLE_ENV)}
-    env["PYTHONPATH"] = str(root / "site")
+    env["PYTHONPATH"] = with_site(root / "site")
     runs = {
         "disable": ["--disable-plugins", "broken", "plugins"],
         "allow": ["--plugins", "child_env,hello", "child-env"],

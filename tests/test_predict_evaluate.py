@@ -18,6 +18,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from PIL import Image
+from test_third_party_plugin import builtins_only
 
 from automl.cli import cli
 from automl.data import load_data
@@ -73,7 +74,7 @@ def test_predict_works_in_a_fresh_process_that_never_imported_training_code(run,
               "print(sorted(m for m in sys.modules if m in ('automl.trainer', 'automl.replay',"
               " 'automl.search', 'optuna')))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=builtins_only())  # installed plugins: theirs
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "[]"  # no training module was needed
     rows = json.loads(out.read_text())

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ import yaml
 from click.testing import CliRunner
 
 from automl.cli import cli
+from automl.discovery import ALLOW_ENV, ENTRY_POINT_GROUP, technique_catalog
 
 SCRIPT = Path(sys.executable).parent / "automl"
 AUTOML = str(SCRIPT) if SCRIPT.exists() else shutil.which("automl")
@@ -169,10 +171,44 @@ def install_guide_example(site: Path, source: str) -> None:
 
 
 def environment(site: Path, log: Path | None = None) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(site))
+    """This process's environment with ``site`` installed too: plugins installed outside the
+    tests stay visible, as they would beside a real install."""
+    env = dict(os.environ, PYTHONPATH=with_site(site))
     if log is not None:
         env[LOG_ENV] = str(log)
     return env
+
+
+def with_site(site: Path) -> str:
+    """``PYTHONPATH`` with ``site`` first."""
+    return os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+
+
+def builtins_only(env: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment in which no installed plugin loads (an empty allow-list): for checks of
+    the project's own behaviour, such as what a command imports, that a plugin installed
+    beside it may change."""
+    return {**(os.environ if env is None else env), ALLOW_ENV: ""}
+
+
+def installed_elsewhere() -> tuple[set[str], set[str]]:
+    """The plugins (entry-point names) and techniques installed outside the tests, as this
+    process finds them now."""
+    from automl.plugins import BUILTIN_TECHNIQUES
+
+    plugins = set(entry_points(group=ENTRY_POINT_GROUP).names)
+    techniques = set(technique_catalog()) - {cls.name for cls in BUILTIN_TECHNIQUES}
+    return plugins, techniques
+
+
+def skip_if_taken(plugins: set[str], techniques: set[str]) -> None:
+    """Skip a test whose own plugins use a name a plugin installed outside the tests already
+    has: two distributions cannot register one name, and that install is not wrong."""
+    outside_plugins, outside_techniques = installed_elsewhere()
+    taken = sorted((plugins & outside_plugins) | (techniques & outside_techniques))
+    if taken:
+        pytest.skip(f"an installed plugin already uses the name(s) {', '.join(taken)}, "
+                    "which this test's own plugins need")
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -200,6 +236,7 @@ def good_site(tmp_path_factory):
     The commands are independent (only `search` writes, into its own --out), so they run
     concurrently to keep the file fast on a small machine.
     """
+    skip_if_taken({"input_noise", "extras", "hello"}, {"input_noise", "grad_noise"})
     root = tmp_path_factory.mktemp("third_party")
     site = root / "site"
     install_guide_example(site, GUIDE_TECHNIQUE + EPOCH_LOG)
@@ -321,6 +358,7 @@ def test_search_uses_both_third_party_techniques_in_every_trial(good_site):
 
 
 def test_misspelled_hook_stops_search_before_anything_is_written(tmp_path):
+    skip_if_taken({"input_noise"}, {"input_noise"})
     site = tmp_path / "site"
     misspelled = GUIDE_TECHNIQUE.replace("def on_batch(", "def on_btach(")
     assert "on_btach" in misspelled
