@@ -197,7 +197,7 @@ class TrainingSpecs:
 
     @hookspec
     def eval_batch(self, state: TrainState) -> None:
-        """Change the normalised evaluation batch ``state.images`` (inference resize, TTA)."""
+        """Change the normalised evaluation batch ``state.images`` (inference resize)."""
 
     @hookspec
     def evaluate(self, state: TrainState, metrics: dict[str, float], split: Any,

@@ -77,8 +77,9 @@ class FixRes(Technique):
     copy of the evaluated model (EMA weights included) gets its batch-norm statistics
     recomputed on ``calibration_batches`` un-augmented training batches at the evaluation
     size, once per evaluation (a light version of the paper's fine-tuning at test
-    resolution; models without batch norm are evaluated unchanged). Combines with inference_resize (a larger test size)
-    and progressive_resizing (which then grows to the reduced training size).
+    resolution; models without batch norm are evaluated unchanged). Combines with
+    inference_resize (a larger test size) and progressive_resizing (which then grows to the
+    reduced training size).
     Suggested: train_scale 0.6–0.8.
     Source: Touvron et al., "Fixing the train-test resolution discrepancy" (2019).
     """
