@@ -67,7 +67,6 @@ class _DecodedImages(torch.utils.data.Dataset):
         return torch.from_numpy(read_image(self.paths[i], self.size)), self.labels[i]
 
 
-
 def read_image(path: Path, size: int) -> np.ndarray:
     """One image as (3, size, size) uint8: RGB, bilinear resize."""
     from PIL import Image
@@ -78,4 +77,4 @@ def read_image(path: Path, size: int) -> np.ndarray:
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise UserError(f"folder dataset: cannot read image {path}: {exception_line(exc)}"
                         ) from exc
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    return np.array(rgb, dtype=np.uint8).transpose(2, 0, 1)  # writable: torch shares it
