@@ -218,8 +218,10 @@ def _obtain(state: TrainState, stage: Stage) -> Path:
         log.info("stage %s: building %s", stage.name, path)
         context = StageContext(stage, stage_data(state.data), state.device, stage_dir)
         started = time.perf_counter()
-        with _own_random_state(state.device):  # the training that asked goes on as if the
-            record = stage.run(context)        # artifact had been there: reproducible
+        from automl.distributed import one_process
+
+        with _own_random_state(state.device), one_process():  # as if the artifact had been
+            record = stage.run(context)  # there (reproducible); one rank builds it, alone
         if not isinstance(record, dict):
             raise TypeError(f"stage {stage.name}: run() returned a {type(record).__name__}, "
                             "not a dict of tensors and plain values")

@@ -53,6 +53,8 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
     stage_dir: Path | None = None  # where stages are cached (automl.stages; None: default)
+    rank: int = 0  # this process's rank in a data-parallel training (automl.distributed)
+    world_size: int = 1  # ranks sharing each batch; ``batch_size`` is the global batch
 
     @property
     def num_classes(self) -> int:

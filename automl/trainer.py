@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from automl.class_metrics import add_predictions, new_confusion
 from automl.data import DataBundle, ImageFiles, Split
+from automl.distributed import World, agree_on_stop, share, sum_across, world
 from automl.errors import UserError
 from automl.functional import resize
 from automl.objectives import model_metrics
@@ -79,6 +80,7 @@ def prepare(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager,
     hooks keep the plain module): slower to start, faster per batch on a GPU.
     """
     torch.manual_seed(recipe.seed)
+    here = world()
     batch_size = min(recipe.data["batch_size"], len(data.train.labels))
     generator = torch.Generator(device=device)
     generator.manual_seed(recipe.seed)
@@ -87,6 +89,7 @@ def prepare(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager,
         batches_per_epoch=len(data.train.labels) // batch_size, generator=generator,
         amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
         train_image_size=data.image_size, input_mean=data.mean, input_std=data.std,
+        rank=here.rank, world_size=here.size,
     )
     pm.hook.configure_training(state=state)
     state.batch_size = max(1, min(state.batch_size, len(data.train.labels)))
@@ -99,10 +102,54 @@ def prepare(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager,
     state.optimizer = pm.hook.build_optimizer(state=state)
     state.scheduler = pm.hook.build_scheduler(state=state)
     pm.hook.build_loss(state=state)
-    state.train_model = torch.compile(state.model) if compile else state.model
+    state.train_model = _data_parallel(state, here)
+    if compile:
+        state.train_model = torch.compile(state.train_model)
     _capture_features(state)
     pm.hook.on_train_start(state=state)
     return state
+
+
+def _data_parallel(state: TrainState, here: World) -> torch.nn.Module:
+    """The model the step calls: the model itself, or with several ranks, the model in
+    DistributedDataParallel (gradients averaged across ranks during backward).
+
+    Every rank draws the global batch's randomness from the shared ``state.generator``; what
+    a rank draws after taking its share (dropout, attacks, unlabelled batches) comes from its
+    own generator and torch seed, so ranks do not repeat each other's draws.
+    """
+    if here.size == 1:
+        return state.model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [state.device.index] if state.device.type == "cuda" else None
+    ddp = DistributedDataParallel(state.model, device_ids=ids)
+    own = torch.Generator(device=state.device)
+    own.manual_seed(state.recipe.seed + 1_000_003 * here.rank)
+    torch.manual_seed(state.recipe.seed + 1_000_003 * here.rank)
+    state.extras["_ranks"] = _Ranks(here, ddp, state.generator, own)
+    return ddp
+
+
+class _Ranks:
+    """What a data-parallel training keeps: this rank, the DDP module, and the two
+    generators (the global batch's, shared by all ranks; this rank's own)."""
+
+    def __init__(self, here: World, ddp, shared: torch.Generator, own: torch.Generator):
+        self.here, self.ddp, self.shared, self.own = here, ddp, shared, own
+
+    def take_share(self, state: TrainState) -> float:
+        """Keep this rank's share of the batch; the weight of its loss, so that DDP's
+        average of the ranks' gradients is the gradient of the global batch's mean loss."""
+        n = len(state.images)
+        state.images, state.targets = share(state.images, self.here), share(state.targets,
+                                                                            self.here)
+        state.generator = self.own
+        return len(state.images) * self.here.size / n
+
+    def sync(self, last: bool):
+        """All-reduce gradients only on the optimizer step's last micro-batch."""
+        return nullcontext() if last else self.ddp.no_sync()
 
 
 def _capture_features(state: TrainState) -> None:
@@ -144,6 +191,7 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
     """
     hook, train = pm.hook, state.data.train
     micro = state.accumulation_steps
+    ranks: _Ranks | None = state.extras.get("_ranks")
     for epoch in range(state.epochs):
         state.epoch = epoch
         state.model.train()
@@ -155,21 +203,26 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
         step_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         batches_of_epoch = _batches(order, state.batch_size, state.steps_per_epoch * micro)
         for i, (images, targets) in enumerate(device_batches(train, batches_of_epoch, state)):
+            if ranks is not None:
+                state.generator = ranks.shared  # the global batch's randomness
             state.images, state.targets = images, targets
             hook.augment_batch(state=state)
             state.images = resize(_normalise(state.images, mean, std), state.train_image_size)
             hook.on_batch(state=state)
+            weight = 1.0 if ranks is None else ranks.take_share(state)
             if i % micro == 0:
                 state.optimizer.zero_grad(set_to_none=True)
                 step_batches = []
-            step_batches.append((state.images, state.targets))
-            loss = _forward_loss(state, hook)
-            (loss / micro if micro > 1 else loss).backward()
-            loss_sum += loss.detach()
+            step_batches.append((state.images, state.targets, weight))
+            with nullcontext() if ranks is None else ranks.sync((i + 1) % micro == 0):
+                loss = _forward_loss(state, hook)
+                _backward(loss, weight, micro)
+            loss_sum += loss.detach() if ranks is None else loss.detach() * (
+                weight / state.world_size)
             batches += 1
             if (i + 1) % micro:
                 continue
-            state.closure = _step_closure(state, hook, step_batches)
+            state.closure = _step_closure(state, hook, step_batches, ranks)
             hook.after_backward(state=state)
             state.optimizer.step()
             if state.scheduler is not None:
@@ -181,8 +234,10 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
             if max_steps is not None and state.step >= max_steps:
                 break
         state.logits = state.features = state.closure = None
+        if ranks is not None:
+            state.generator = ranks.shared
         hook.on_epoch_end(state=state)
-        train_loss = (loss_sum / max(batches, 1)).item()
+        train_loss = (sum_across(loss_sum, world()) / max(batches, 1)).item()
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss is {train_loss} in epoch {state.epoch + 1}")
         metrics = {"train/loss": train_loss, **model_metrics(state.model)}  # model/params
@@ -191,11 +246,33 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
         state.history.append({"epoch": state.epoch + 1, **metrics})
         if validate:
             hook.on_validation(state=state, metrics=dict(metrics))
-        if on_epoch is not None:
-            on_epoch(state, metrics)
+        _after_epoch(state, on_epoch, metrics, ranks)
         if state.stop_training or (max_steps is not None and state.step >= max_steps):
             break
     hook.on_train_end(state=state)
+
+
+def _after_epoch(state: TrainState, on_epoch: EpochCallback | None, metrics: dict[str, float],
+                 ranks: _Ranks | None) -> None:
+    """Call ``on_epoch``; with several ranks (only rank 0 is given one), every rank learns
+    whether it raised, so all stop together and none waits in a collective alone."""
+    if ranks is None:
+        if on_epoch is not None:
+            on_epoch(state, metrics)
+        return
+    error = None
+    try:
+        if on_epoch is not None:
+            on_epoch(state, metrics)
+    except BaseException as exc:  # pruned, interrupted: re-raised after the others know
+        error = exc
+    agree_on_stop(error, state.device, ranks.here)
+
+
+def _backward(loss: torch.Tensor, weight: float, micro: int) -> None:
+    """Backward of one micro-batch's share of the step's loss."""
+    scale = weight / micro
+    (loss * scale if scale != 1 else loss).backward()
 
 
 def _forward_loss(state: TrainState, hook) -> torch.Tensor:
@@ -211,19 +288,22 @@ def _forward_loss(state: TrainState, hook) -> torch.Tensor:
     return state.loss
 
 
-def _step_closure(state: TrainState, hook, step_batches: list[tuple[torch.Tensor, torch.Tensor]]
-                  ) -> Callable[[], torch.Tensor]:
+def _step_closure(state: TrainState, hook,
+                  step_batches: list[tuple[torch.Tensor, torch.Tensor, float]],
+                  ranks: _Ranks | None = None) -> Callable[[], torch.Tensor]:
     """``state.closure``: fresh gradients of this optimizer step's micro-batches (the batches
-    as the model saw them, after ``on_batch``), each through :func:`_forward_loss`."""
+    as the model saw them, after ``on_batch``; this rank's shares), each through
+    :func:`_forward_loss`, averaged across ranks like the step's own."""
     micro = len(step_batches)
 
     def closure() -> torch.Tensor:
         state.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=state.device)
-        for images, targets in step_batches:
+        for k, (images, targets, weight) in enumerate(step_batches):
             state.images, state.targets = images, targets
-            loss = _forward_loss(state, hook)
-            (loss / micro if micro > 1 else loss).backward()
+            with nullcontext() if ranks is None else ranks.sync(k == micro - 1):
+                loss = _forward_loss(state, hook)
+                _backward(loss, weight, micro)
             total += loss.detach()
         return total / micro
 
@@ -293,7 +373,8 @@ def _confusion(state: TrainState, pm: pluggy.PluginManager, split: Split,
     mean, std = _norm_tensors(state)
     confusion = new_confusion(state.num_classes, state.device)
     loss_sum = torch.zeros((), device=state.device)
-    chunks = torch.arange(len(split.labels), device=state.device).split(512)
+    here = world()  # several ranks: each evaluates its share, the counts are summed
+    chunks = share(torch.arange(len(split.labels), device=state.device), here).split(512)
     with autocast(state):
         for images, labels in device_batches(split, chunks[:max_batches], state):
             state.images = _normalise(images, mean, std)
@@ -302,7 +383,7 @@ def _confusion(state: TrainState, pm: pluggy.PluginManager, split: Split,
             add_predictions(confusion, labels, logits.argmax(1), state.num_classes)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum")
     model.train(was_training)
-    return confusion, loss_sum
+    return sum_across(confusion, here), sum_across(loss_sum, here)
 
 
 def train(recipe: Recipe, data: DataBundle, pm: pluggy.PluginManager, *,

@@ -1,0 +1,163 @@
+"""Data-parallel training on torch.distributed: where this process stands, and the few
+collectives the trainer needs.
+
+One training runs on ``size`` ranks (processes), each on its own device. Every rank draws the
+same randomness for the whole global batch (order, augmentation, mixing), then keeps its share
+of the batch for forward and backward; DistributedDataParallel averages the gradients, and the
+metrics are summed across ranks. Nothing here runs on one process: ``world().size == 1``
+without an initialised process group, and every helper is then the identity.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["World", "world", "init_process_group", "init_from_env", "shutdown",
+           "StoppedByRankZero", "share", "share_sizes", "sum_across", "agree_on_stop",
+           "one_process", "timeout_seconds", "TIMEOUT_ENV", "RANK_ENV"]
+
+#: Seconds a collective waits for the other ranks before it fails (a dead or stuck rank).
+TIMEOUT_ENV = "AUTOML_DIST_TIMEOUT"
+DEFAULT_TIMEOUT = 300
+#: Set by torchrun (and by :func:`automl.trial_ranks`) in every rank's environment.
+RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+_local_only = False  # inside :func:`one_process` (a stage): this process trains alone
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the training: ``rank`` of ``size`` (``local_rank`` on its
+    machine, which picks its GPU)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one that talks to the study and writes the outputs."""
+        return self.rank == 0
+
+
+class StoppedByRankZero(RuntimeError):
+    """Rank 0 ended the training (pruned, interrupted, failed after an epoch); this rank
+    stops with it instead of waiting in a collective nobody else joins."""
+
+
+def world() -> World:
+    """This process's rank and the number of ranks (one, when no process group is up)."""
+    dist = torch.distributed
+    if _local_only or not dist.is_available() or not dist.is_initialized():
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(),
+                 int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+def timeout_seconds() -> float:
+    """How long a collective waits for the other ranks (``AUTOML_DIST_TIMEOUT``)."""
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        return float(raw) if raw else DEFAULT_TIMEOUT
+    except ValueError:
+        from automl.errors import UserError
+        raise UserError(f"{TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
+
+
+def backend_for(device: torch.device) -> str:
+    """nccl between GPUs, gloo between CPU processes."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_process_group(device: torch.device, rank: int, size: int, *,
+                       store: torch.distributed.Store | None = None,
+                       timeout: float | None = None) -> World:
+    """Join the training's process group as ``rank`` of ``size`` (``store``: where the ranks
+    meet; None: the MASTER_ADDR/MASTER_PORT environment, as torchrun sets it)."""
+    dist = torch.distributed
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    wait = datetime.timedelta(seconds=timeout if timeout is not None else timeout_seconds())
+    kwargs = {"store": store} if store is not None else {"init_method": "env://"}
+    dist.init_process_group(backend_for(device), rank=rank, world_size=size, timeout=wait,
+                            **kwargs)
+    return world()
+
+
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (or another launcher using its environment) started this process."""
+    return all(name in os.environ for name in RANK_ENV) and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def init_from_env(device: torch.device) -> World:
+    """Join the process group torchrun's environment describes; one process: nothing to do.
+    The device's GPU number is the local rank (cuda → cuda:LOCAL_RANK)."""
+    if not launched_by_torchrun():
+        return world()
+    return init_process_group(device, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Under torchrun, each rank's own GPU (``cuda`` → ``cuda:LOCAL_RANK``)."""
+    if device.type == "cuda" and device.index is None and launched_by_torchrun():
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+def shutdown() -> None:
+    """Leave the process group (if any), so the next training can start another."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def one_process() -> Iterator[None]:
+    """Train alone inside this block although a process group is up: a stage (a teacher)
+    is built by whichever rank takes its lock, not by all ranks together."""
+    global _local_only
+    before, _local_only = _local_only, True
+    try:
+        yield
+    finally:
+        _local_only = before
+
+
+def share_sizes(n: int, size: int) -> list[int]:
+    """How many of ``n`` samples each rank takes: equal, the first ``n % size`` one more."""
+    return [n // size + (r < n % size) for r in range(size)]
+
+
+def share(tensor: torch.Tensor, here: World) -> torch.Tensor:
+    """This rank's consecutive share of a global batch (along the first dimension)."""
+    if here.size == 1:
+        return tensor
+    return tensor.tensor_split(here.size)[here.rank]
+
+
+def sum_across(tensor: torch.Tensor, here: World) -> torch.Tensor:
+    """``tensor`` summed over all ranks, in place (identity on one process)."""
+    if here.size > 1:
+        torch.distributed.all_reduce(tensor)
+    return tensor
+
+
+def agree_on_stop(error: BaseException | None, device: torch.device, here: World) -> None:
+    """After rank 0's epoch callback: every rank learns whether it raised. Rank 0 re-raises
+    its own error; the others raise :class:`StoppedByRankZero`."""
+    if here.size == 1:
+        if error is not None:
+            raise error
+        return
+    flag = torch.tensor([0 if error is None else 1], device=device)
+    torch.distributed.broadcast(flag, src=0)
+    if here.is_main and error is not None:
+        raise error
+    if flag.item():
+        raise StoppedByRankZero("rank 0 ended the training after this epoch")
