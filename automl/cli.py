@@ -377,17 +377,43 @@ def dashboard(study_name, out, storage, host, port):
                    "not held out).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier run in --out (default: refuse, before training).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel ranks on this machine (GPUs, or CPU processes with --device "
+                   "cpu); each takes its share of every batch of the recipe's (global) batch "
+                   "size, so the recipe trains the same on any number of ranks.")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Machines in the training; run the same command on each, with its own "
+                   "--node-rank.")
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True,
+              help="This machine's number, 0..NNODES-1 (node 0 writes the outputs).")
+@click.option("--master-addr", default="127.0.0.1", show_default=True,
+              help="Where node 0 listens (with --nnodes > 1).")
+@click.option("--master-port", type=click.IntRange(1, 65535),
+              help="Node 0's port (needed with --nnodes > 1; default on one machine: a free "
+                   "one).")
 @_compile_option
 @_log_option
 @_data_options
-def train(recipe, out, device, seed, train_fraction, include_val, overwrite, compile, log,
-          data_dir, download):
+def train(recipe, out, device, seed, train_fraction, include_val, overwrite, nproc, nnodes,
+          node_rank, master_addr, master_port, compile, log, data_dir, download):
     """Retrain RECIPE, evaluate the test split once, save the model, metrics and recipe.
 
     OUT/model.pt keeps the model with everything needed to use it (automl predict, automl
     evaluate, automl.load_model); metrics.json adds per-class recall, precision and the
     confusion matrix of the test and val splits. A folder holding an earlier run is refused.
+
+    With --nproc/--nnodes (or started by torchrun), the recipe trains with PyTorch's
+    DistributedDataParallel; rank 0 prints and writes.
     """
+    from automl.distributed import launched_by_torchrun
+
+    if (nproc > 1 or nnodes > 1) and not launched_by_torchrun():
+        from automl.launch import launch, relaunch_argv
+
+        launch(relaunch_argv(), nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+               master_addr=master_addr, master_port=master_port)
+        return
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     from automl.discovery import technique_catalog
     from automl.errors import exception_line
     from automl.replay import replay
@@ -399,14 +425,16 @@ def train(recipe, out, device, seed, train_fraction, include_val, overwrite, com
     parsed = load_recipe(recipe, technique_catalog())
     _apply_data_options(parsed.data, data_dir, download)
     out = out or RUNS / f"train-{recipe.stem}"
-    tracking = track_training(parse_targets(log), out, parsed)
+    tracking = track_training(parse_targets(log), out, parsed) if main_rank else None
     searched_fraction = parsed.data.get("train_fraction", 1)
-    if train_fraction is None and searched_fraction < 1:
+    if train_fraction is None and searched_fraction < 1 and main_rank:
         click.echo(f"training on all of the training split (the search used train_fraction "
                    f"{searched_fraction})")
     held_out = "  (not held out: --include-val)" if include_val else ""
 
     def progress(epoch, epochs, metrics):
+        if not main_rank:
+            return
         click.echo(f"epoch {epoch:>3}/{epochs}  train/loss {metrics['train/loss']:.4f}  "
                    f"val/acc1 {metrics['val/acc1']:.4f}{held_out}")
         if tracking:
@@ -424,6 +452,8 @@ def train(recipe, out, device, seed, train_fraction, include_val, overwrite, com
         raise
     if tracking:
         tracking.end("complete", metrics)
+    if not main_rank:
+        return
     click.echo(f"test/acc1 {metrics['test/acc1']:.4f}  test/balanced_acc "
                f"{metrics['test/balanced_acc']:.4f}  test/loss {metrics['test/loss']:.4f}")
     click.echo(_test_class_table(out))

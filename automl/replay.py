@@ -13,6 +13,7 @@ import torch
 from automl.class_metrics import class_report
 from automl.data import load_data, with_validation_in_train
 from automl.discovery import training_manager
+from automl.distributed import init_from_env, rank_device, shutdown
 from automl.errors import UserError
 from automl.model_file import save_model
 from automl.provenance import environment, environment_differences
@@ -40,9 +41,11 @@ def replay(recipe: Recipe, out: Path, *, device: str | None = None,
     the val scores are then not held out, which metrics.json says. A folder that holds an
     earlier run is refused before training starts, unless ``overwrite``. metrics.json records
     this process's versions and plugins, and where they differ from those the recipe's
-    provenance names (also said as warnings). Stages the recipe's techniques need are cached
-    in ``out/stages``; an identical one (same stage recipe, data and versions) in a
-    ``reuse_stages`` folder (the search's, beside its best_recipe.yaml) is reused instead.
+    provenance names (also said as warnings). Started by torchrun (``automl train --nproc``),
+    every rank trains its share of each batch and rank 0 alone writes. Stages the recipe's
+    techniques need are cached in ``out/stages``; an identical one (same stage recipe, data
+    and versions) in a ``reuse_stages`` folder (the search's, beside its best_recipe.yaml)
+    is reused instead.
     """
     check_run_folder(out, overwrite)
     recipe = _overridden(recipe, seed, train_fraction)
@@ -54,18 +57,26 @@ def replay(recipe: Recipe, out: Path, *, device: str | None = None,
     pm = training_manager(recipe, extra_plugins=[
         StageDirectory(run_stage_dir(out), reuse=[p for p in reuse_stages
                                                   if p.resolve() != run_stage_dir(out).resolve()])])
-    state = prepare(recipe, data, pm, resolve_device(device), compile=compile)
-    fit(state, pm, on_epoch=(lambda st, m: progress(st.epoch + 1, st.epochs, m))
-        if progress else None)
-    model = pm.hook.eval_model(state=state)  # the model evaluated is the model saved
-    test_metrics, test_confusion = evaluate_with_confusion(state, pm, data.test, "test",
-                                                           model=model)
-    metrics = {**state.history[-1], **test_metrics}
-    val_confusion = evaluate_with_confusion(state, pm, data.val, "val", model=model)[1]
+    on_device = rank_device(resolve_device(device))
+    here = init_from_env(on_device)  # started by torchrun: join the other ranks
+    try:
+        state = prepare(recipe, data, pm, on_device, compile=compile)
+        fit(state, pm, on_epoch=(lambda st, m: progress(st.epoch + 1, st.epochs, m))
+            if progress else None)
+        model = pm.hook.eval_model(state=state)  # the model evaluated is the model saved
+        test_metrics, test_confusion = evaluate_with_confusion(state, pm, data.test, "test",
+                                                               model=model)
+        metrics = {**state.history[-1], **test_metrics}
+        val_confusion = evaluate_with_confusion(state, pm, data.val, "val", model=model)[1]
+    finally:
+        shutdown()
+    if not here.is_main:  # rank 0 writes the outputs
+        return metrics
     out.mkdir(parents=True, exist_ok=True)
     save_model(out / "model.pt", state, pm, model, metrics)
     record = {"metrics": metrics, "test_evaluations": 1, "history": state.history,
               "device": str(state.device), "threads": torch.get_num_threads(),
+              "ranks": here.size,
               "dataset": data.name, "seed": recipe.seed,
               "train_fraction": float(recipe.data.get("train_fraction", 1.0)),
               "include_val": include_val, "val_held_out": not include_val,

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from automl.technique import Technique
 
 __all__ = ["CARD_SECTIONS", "check_round_trip", "check_technique_class", "data_for",
-           "edge_params", "train_a_few_batches"]
+           "edge_params", "train_a_few_batches", "train_on_ranks"]
 
 #: The labelled sections every method card has (after its one-line summary).
 CARD_SECTIONS = ("Helps", "Suggested", "Source")
@@ -250,3 +250,69 @@ def train_a_few_batches(technique: type[Technique] | str, params: dict[str, Any]
                if k in observer.initial and not torch.equal(v.detach(), observer.initial[k])]
     assert changed, f"{where}: no weight changed in {steps} optimizer steps"
     return state
+
+
+def train_on_ranks(recipe: Any, ranks: int = 2, *, max_steps: int | None = None,
+                   stop_after_epoch: int | None = None, timeout: float = 120.0
+                   ) -> list[dict[str, Any]]:
+    """Train ``recipe`` data-parallel on ``ranks`` CPU processes (gloo), as ``automl train
+    --nproc`` would; what each rank ended with: ``history`` (its per-epoch metrics), or
+    ``error`` (the exception's type name). ``stop_after_epoch``: rank 0's epoch callback
+    raises there, as a pruned trial's does. To check that a technique gives the same
+    numbers on several ranks as on one (``automl.trainer.train`` in this process)."""
+    import multiprocessing
+    import queue as queues
+
+    import torch
+
+    store = torch.distributed.TCPStore("127.0.0.1", 0, ranks + 1, True, wait_for_workers=False)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_train_rank, args=(
+        rank, ranks, store.port, recipe, max_steps, stop_after_epoch, results))
+        for rank in range(ranks)]
+    for process in processes:
+        process.start()
+    try:
+        ended = [results.get(timeout=timeout) for _ in processes]
+    except queues.Empty:
+        raise AssertionError(f"a rank gave no result within {timeout} s") from None
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+    return [result for _, result in sorted(ended, key=lambda pair: pair[0])]
+
+
+class _StopHere(Exception):
+    """Rank 0's epoch callback stopping the training (see train_on_ranks)."""
+
+
+def _train_rank(rank: int, size: int, port: int, recipe: Any, max_steps: int | None,
+                stop_after_epoch: int | None, results: Any) -> None:
+    """One rank of :func:`train_on_ranks` (a spawned process)."""
+    import torch
+
+    from automl import distributed
+    from automl.data import load_data
+    from automl.discovery import training_manager
+    from automl.trainer import train
+
+    torch.set_num_threads(1)
+    store = torch.distributed.TCPStore("127.0.0.1", port, size + 1, False)
+    distributed.init_process_group(torch.device("cpu"), rank, size, store=store, timeout=60)
+
+    def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
+        if state.epoch + 1 == stop_after_epoch:
+            raise _StopHere(f"stopped after epoch {stop_after_epoch}")
+
+    try:
+        state = train(recipe, load_data(recipe.data), training_manager(recipe),
+                      device=torch.device("cpu"), max_steps=max_steps,
+                      on_epoch=on_epoch if rank == 0 and stop_after_epoch else None)
+        results.put((rank, {"history": state.history, "world_size": state.world_size}))
+    except Exception as exc:
+        results.put((rank, {"error": type(exc).__name__, "message": str(exc)}))
+    finally:
+        distributed.shutdown()
