@@ -278,6 +278,7 @@ TIMM: dict[str, Translation] = {
     "repeated_augmentation": _timm_repeated,
     "flip": lambda p, ctx: _export({"hflip": p["p"]}),
     "binary_cross_entropy": lambda p, ctx: _export({"bce_loss": True}),
+    "sync_batch_norm": lambda p, ctx: _export({"sync_bn": True}),
     "input_norm": _timm_input_norm,
     "transfer_learning": _timm_transfer,
 }
@@ -498,6 +499,7 @@ TORCHVISION: dict[str, Translation] = {
         ["repeated_augmentation: the script uses its sampler in distributed runs only "
          "(torchrun)"]),
     "flip": _tv_flip,
+    "sync_batch_norm": lambda p, ctx: _export({"--sync-bn": True}),
     "input_norm": _tv_input_norm,
     "fixres": _tv_fixres,
     "inference_resize": lambda p, ctx: _export(),  # in --val-*-size (see torchvision_export)

@@ -249,16 +249,20 @@ def build_model(info: ModelInfo, path: Path | str = "model file") -> nn.Module:
 
 def _rebuilt_through_hooks(info: ModelInfo) -> nn.Module:
     """build_model, then modify_model, of the techniques the file names (the core's default
-    build_model is timm.create_model with the recorded arguments)."""
+    build_model is timm.create_model with the recorded arguments), as one process builds it
+    (inside a data-parallel run too: rank 0 checking the file it saved)."""
     from automl.discovery import training_manager
+    from automl.distributed import one_process
     from automl.recipe import Recipe
 
     recipe = Recipe.from_dict(info.recipe)
     recipe.techniques = {k: v for k, v in recipe.techniques.items() if k in info.rebuild}
     pm = training_manager(recipe)
     state = model_only_state(recipe, info)
-    state.model = pm.hook.build_model(state=state, kwargs=_factory_kwargs(info.model_kwargs))
-    pm.hook.modify_model(state=state)
+    with one_process():
+        state.model = pm.hook.build_model(state=state,
+                                          kwargs=_factory_kwargs(info.model_kwargs))
+        pm.hook.modify_model(state=state)
     return state.model
 
 

@@ -3,8 +3,9 @@
 Runs, one after the other and each in its own process (time_to_accuracy times from process
 start, memory reads the process's peak), the benchmarks whose GPU figures the README asks for:
 throughput ratio, time to 94% (plain and with ``--compile``), memory back at baseline after
-each trial, trial overhead and ``--jobs`` on one GPU (``dispatch`` is a CPU measurement and
-is left out), at sizes that fit
+each trial, trial overhead, ``--jobs`` on one GPU and data-parallel scaling of one training
+from 1 GPU to all of the machine's (``dispatch`` is a CPU measurement and is left out), at
+sizes that fit
 ``--budget`` seconds (default 470, under 8 minutes on one GPU with Fashion-MNIST installed).
 Each benchmark writes its own result file as it always does (``bench/results/NAME-<device>.json``,
 or the ``--results`` folder); this command adds ``gpu-<device>.json`` with every headline
@@ -80,6 +81,15 @@ def _jobs(result: dict) -> str:
             f"({rates['1']} -> {rates[str(result['jobs'])]})")
 
 
+def _scaling(result: dict) -> str:
+    arms = result["arms"]
+    if result["ratio"] is None:
+        return f"one GPU: nothing to scale ({arms[0]['images_per_s']:,.0f} images/s)"
+    return (f"{arms[-1]['label']}: {result['ratio']:.2f}x the images/s of {arms[0]['label']} "
+            f"(efficiency {result['efficiency']:.2f}; {arms[0]['images_per_s']:,.0f} -> "
+            f"{arms[-1]['images_per_s']:,.0f})")
+
+
 #: In order of importance: a short budget cuts the last ones. Time to accuracy stops itself
 #: 15 s before its share of the budget ends, so it writes its result (target reached or not).
 STEPS = (
@@ -93,6 +103,7 @@ STEPS = (
          _overhead),
     Step("jobs", "jobs", ("--jobs", "4", "--trials", "8", "--epochs", "3"), ("--quick",), 70,
          _jobs),
+    Step("scaling", "scaling", (), ("--quick",), 90, _scaling),
     Step("time_to_accuracy --compile", "time_to_accuracy", ("--compile",), None, 150,
          _seconds_to),
 )

@@ -28,7 +28,8 @@ _BUILTINS = (
     "inference_resize:InferenceResize",
     # regularisation, normalisation and initialisation
     "dropout:Dropout", "stochastic_depth:StochasticDepth",
-    "ghost_batch_norm:GhostBatchNorm", "norm_layer:NormLayer", "weight_init:WeightInit",
+    "ghost_batch_norm:GhostBatchNorm", "sync_batch_norm:SyncBatchNorm", "norm_layer:NormLayer",
+    "weight_init:WeightInit",
     "transfer_learning:TransferLearning",
     "self_supervised_pretraining:SelfSupervisedPretraining", "input_norm:InputNorm",
     # losses

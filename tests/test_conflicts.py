@@ -103,7 +103,8 @@ def test_a_conflict_declared_on_one_side_holds_both_ways():
 
 def test_the_builtin_conflict_is_listed_by_automl_techniques():
     catalog = technique_catalog()
-    assert conflicts_of(catalog["ghost_batch_norm"], catalog).keys() == {"norm_layer"}
+    assert conflicts_of(catalog["ghost_batch_norm"], catalog).keys() == {"norm_layer",
+                                                                         "sync_batch_norm"}
     result = CliRunner().invoke(cli, ["techniques", "ghost_batch_norm"])
     assert result.exit_code == 0, result.output
     assert "never on with norm_layer: norm_layer replaces every batch norm" in result.output

@@ -47,10 +47,12 @@ def test_shares_cover_the_batch_in_order():
 @pytest.mark.slow
 def test_two_ranks_take_the_same_steps_as_one_process():
     """Unequal shares (31 = 16 + 15), gradient accumulation (no all-reduce on the first
-    micro-batch), augmentation and mixup: after 6 optimizer steps the loss and validation
-    scores agree to float32 rounding (1e-4)."""
-    techniques = {**AUGMENTED, "grad_accumulation": {"steps": 2}}
-    recipe = _recipe(techniques, batch_size=31, epochs=1)
+    micro-batch), the batch-size technique's LR scaling rule (on the global batch),
+    augmentation and mixup: after 6 optimizer steps the loss and validation scores agree to
+    float32 rounding (1e-4)."""
+    techniques = {**AUGMENTED, "grad_accumulation": {"steps": 2},
+                  "batch_size": {"size": 31, "lr_scaling": "sqrt"}}
+    recipe = _recipe(techniques, batch_size=16, epochs=1)
     one = _one_process(recipe, max_steps=6)
     ranks = train_on_ranks(recipe, 2, max_steps=6)
     assert [r["world_size"] for r in ranks] == [2, 2]

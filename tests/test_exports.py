@@ -245,6 +245,7 @@ CASES = [
     ({"long_training": {"multiplier": 2.0}}, {"epochs": 40}, {"--epochs": "40"}),
     ({"flip": {"p": 0.3}}, {"hflip": 0.3}, {}),
     ({"binary_cross_entropy": {}}, {"bce_loss": True}, {}),
+    ({"sync_batch_norm": {}}, {"sync_bn": True}, {"--sync-bn": True}),
     ({"fixres": {"train_scale": 0.75, "calibration_batches": 10}},
      {"img_size": 24}, {"--train-crop-size": "24", "--val-crop-size": "32"}),
     ({"inference_resize": {"scale": 1.25}},
