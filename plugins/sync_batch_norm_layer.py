@@ -30,11 +30,9 @@ def global_batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     whole batch of every rank, and the number of values per channel; float32.
 
     Each rank's mean and variance (stable, float32) become float64 count, sum and sum of
-    squares, summed across ranks by the autograd-aware all_reduce: the backward sums every
+    squares, summed across ranks by an autograd-aware all-reduce: the backward sums every
     rank's gradient with respect to the global statistics, as the global batch's would.
     """
-    from torch.distributed.nn.functional import all_reduce
-
     channels = x.shape[1]
     count = x.numel() // channels if channels else 0
     if count:
@@ -44,11 +42,28 @@ def global_batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     mean64, var64 = mean.double(), var.double()
     local = torch.cat([mean64.new_full((1,), float(count)), mean64 * count,
                        (var64 + mean64 * mean64) * count])
-    total = all_reduce(local)
+    total = _SumAcrossRanks.apply(local)
     n = total[0]
     global_mean = total[1:channels + 1] / n
     global_var = (total[channels + 1:] / n - global_mean * global_mean).clamp_min(0)
     return global_mean.float(), global_var.float(), n.detach()
+
+
+class _SumAcrossRanks(torch.autograd.Function):
+    """A sum over all ranks whose backward is the same sum of the gradients (every rank's
+    loss depends on every rank's input through it)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        torch.distributed.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        torch.distributed.all_reduce(total)
+        return total
 
 
 class SyncBatchNorm2d(nn.BatchNorm2d):
