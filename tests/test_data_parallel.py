@@ -108,3 +108,27 @@ def test_launch_options_are_checked(tmp_path, args, message):
     result = CliRunner().invoke(cli, ["train", str(recipe), "--device", "cpu", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+#: Techniques that act after the batch is cut (extra forwards, a second gradient pass, their
+#: own draws, a teacher built in a stage, evaluation wrappers): each must train on 2 ranks.
+AFTER_THE_CUT = ["adversarial_training", "distillation", "dropout", "fixres", "label_propagation",
+                 "pseudo_labels", "quantization", "sam", "stochastic_depth",
+                 "test_time_augmentation", "triplet_loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", AFTER_THE_CUT)
+def test_technique_trains_on_two_ranks(name):
+    from automl.discovery import technique_catalog
+    from automl.testing import data_for
+
+    cls = technique_catalog()[name]
+    recipe = Recipe(model="automl_resnet8", epochs=1, seed=1,
+                    data=data_for(cls, "digits", batch_size=32),
+                    techniques={name: dict(cls.defaults)})
+    ranks = train_on_ranks(recipe, 2, max_steps=3)
+    assert all("error" not in rank for rank in ranks), ranks
+    first, second = (rank["history"][-1] for rank in ranks)
+    for key in ("train/loss", "val/loss", "val/acc1"):  # all-reduced: the same on each rank
+        assert first[key] == second[key]
