@@ -156,6 +156,12 @@ def _data_options(func):
               help="Trials at once, each in its own worker process (per GPU with --gpus).")
 @click.option("--gpus", metavar="all|0,1,...",
               help="Run --jobs workers on each of these GPUs (one study, shared storage).")
+@click.option("--gpus-per-trial", "gpus_per_trial", default=1, show_default=True,
+              type=click.IntRange(min=1), metavar="K",
+              help="Each trial trains on K data-parallel ranks: K GPUs with CUDA (with --gpus, "
+                   "the listed GPUs in groups of K; else GPUs 0..K-1), K CPU processes "
+                   "(gloo) with --device cpu or without CUDA. The recipe's batch size is the "
+                   "global batch: K never changes what is trained, only where.")
 @click.option("--min-resource", metavar="N|auto",
               help="Earliest epoch a trial may be pruned at (auto: the training / factor²).")
 @click.option("--reduction-factor", type=click.IntRange(min=2),
@@ -178,8 +184,9 @@ def _data_options(func):
 @_log_option
 @_data_options
 def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pruner, device,
-           jobs, gpus, min_resource, reduction_factor, startup_trials, rung_trust, warm_start,
-           confirm_top, confirm_seeds, confirm_splits, compile, log, data_dir, download):
+           jobs, gpus, gpus_per_trial, min_resource, reduction_factor, startup_trials,
+           rung_trust, warm_start, confirm_top, confirm_seeds, confirm_splits, compile, log,
+           data_dir, download):
     """Search recipes over SPACE (a YAML file or a shipped space name; default: `default`).
 
     Running the same command again resumes the study until its --n-trials trials have run;
@@ -212,8 +219,8 @@ def search(space, n_trials, timeout, seed, study_name, out, storage, sampler, pr
     _apply_data_options(parsed.data, data_dir, download)
     settings = SearchSettings.from_space(
         parsed, study_name=name, run_dir=out or RUNS / name, storage=storage,
-        device=device, jobs=jobs, gpus=gpus, compile=compile, log=parse_targets(log),
-        n_trials=n_trials,
+        device=device, jobs=jobs, gpus=gpus, gpus_per_trial=gpus_per_trial, compile=compile,
+        log=parse_targets(log), n_trials=n_trials,
         timeout=timeout, seed=seed, sampler=sampler, pruner=pruner,
         min_resource=_auto_or_int("--min-resource", min_resource, 1),
         reduction_factor=reduction_factor, startup_trials=startup_trials, rung_trust=rung_trust,

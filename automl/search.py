@@ -9,6 +9,8 @@ trials train with (technique catalog, plugin-manager factory, extra plugins) com
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 from optuna.trial import TrialState
 
@@ -30,7 +32,7 @@ from automl.study_lifecycle import (
 )
 from automl.trainer import resolve_device
 from automl.trial_loop import run_trials, trainer_for
-from automl.workers import run_workers, worker_devices
+from automl.workers import run_workers, worker_groups
 
 __all__ = ["SearchSettings", "Reporter", "Plugins", "run_search", "create_study",
            "export_best", "trial_recipe", "BEST_RECIPE", "FINISHED"]
@@ -47,10 +49,13 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
     """
     from automl.tracking import tracked
 
-    devices = worker_devices(settings.jobs, settings.gpus, settings.device)
+    groups = worker_groups(settings.jobs, settings.gpus, settings.device,
+                           settings.gpus_per_trial)
+    devices = [group[0] for group in groups]  # each worker's rank 0: its trial loop
+    settings = replace(settings, rank_devices=groups[0])  # this process's trials' ranks
     reporter = tracked(reporter, settings)  # a tracker's missing package: before any write
-    for device in set(devices):  # an unusable device stops the search before it starts
-        resolve_device(device)
+    for device in {d for group in groups for d in group}:  # an unusable device stops the
+        resolve_device(device)  # search before it starts
     plugins = plugins or Plugins()
     context = SearchContext.build(settings, reporter, devices[0], plugins)
     if data is None and len(devices) > 1:  # each worker loads it: keep no copy here
@@ -62,7 +67,7 @@ def run_search(space: SearchSpace, settings: SearchSettings, reporter: Reporter,
     reporter.search_start(study, settings, todo)
     if todo and len(devices) > 1:
         try:
-            run_workers(space, settings, plugins, devices, todo)
+            run_workers(space, settings, plugins, groups, todo)
         except UserError:  # the workers stopped: on one repeated failure, name it
             check_repeated_failure(study.get_trials(deepcopy=False))
             raise

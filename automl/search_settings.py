@@ -40,6 +40,12 @@ class SearchSettings:
     device: str | None = None
     jobs: int = 1  # trials running at once (per GPU with ``gpus``), each in its own process
     gpus: str | None = None  # "all" or "0,2": one set of ``jobs`` workers per listed GPU
+    #: Ranks (processes, each on its own GPU or a share of the CPU cores) per trial: each
+    #: trial trains data-parallel on them (automl.trial_ranks); never changes what is trained.
+    gpus_per_trial: int = 1
+    #: The device of each rank of this process's trials (set by run_search from --gpus and
+    #: --device; empty: derived from the device, see automl.trial_ranks.rank_devices).
+    rank_devices: tuple[str | None, ...] = ()
     compile: bool = False  # train through torch.compile
     log: tuple[str, ...] = ()  # experiment trackers (automl.tracking): tensorboard, mlflow
     #: Every metric the study optimises and its direction (several: a multi-objective study,
@@ -59,7 +65,7 @@ class SearchSettings:
     @classmethod
     def from_space(cls, space: SearchSpace, *, study_name: str, run_dir: Path,
                    storage: str | None = None, device: str | None = None, jobs: int = 1,
-                   gpus: str | None = None, compile: bool = False,
+                   gpus: str | None = None, gpus_per_trial: int = 1, compile: bool = False,
                    log: tuple[str, ...] = (), **overrides) -> SearchSettings:
         study = {**space.study, **{k: v for k, v in overrides.items() if v is not None}}
         return cls(study_name=study_name, run_dir=run_dir, storage=storage,
@@ -71,6 +77,7 @@ class SearchSettings:
                    warm_start=study["warm_start"],
                    confirm_top=study["confirm_top"], confirm_seeds=study["confirm_seeds"],
                    confirm_splits=study["confirm_splits"], device=device, jobs=jobs, gpus=gpus,
+                   gpus_per_trial=gpus_per_trial,
                    compile=compile, log=tuple(log), metrics=tuple(study.get("metrics", ())),
                    directions=tuple(study.get("directions", ())))
 

@@ -43,6 +43,7 @@ from automl.storage import StorageFailed
 from automl.study_lifecycle import export_best, recording
 from automl.trainer import TrainingDiverged, release_memory, train
 from automl.trial_queue import budget_trials, claim_trial, duplicate_of, retry_once
+from automl.trial_ranks import RankFailed, trial_ranks
 
 __all__ = ["run_trials", "trainer_for", "NonFiniteScore", "ENDED_EARLY", "SWEEP_SECONDS"]
 
@@ -162,12 +163,17 @@ class TrialRun:
         failure = pm = None
         try:
             pm = stage_aware_manager(self.context, recipe)
-            history = train(recipe, self.data, pm, device=self.context.device,
-                            on_epoch=self._on_epoch, compile=settings.compile).history
+            with trial_ranks(self.context, recipe, stage_aware_manager):  # --gpus-per-trial
+                history = train(recipe, self.data, pm, device=self.context.device,
+                                on_epoch=self._on_epoch, compile=settings.compile).history
         except optuna.TrialPruned:
             return TrialState.PRUNED, None
         except StorageFailed:
             raise
+        except RankFailed as exc:  # another rank ended the trial; a killed one is retried
+            failure, ended, trace = str(exc), TrialState.FAIL, traceback_text(exc)
+            if exc.retry:
+                retry_once(self.study, trial)
         except (TrainingDiverged, NonFiniteScore) as exc:  # pruned: the values, not the code
             failure, ended = str(exc), TrialState.PRUNED
         except Exception as exc:  # the trial fails, the search goes on
@@ -253,8 +259,9 @@ def trainer_for(context: SearchContext):
     def train_once(recipe: Recipe) -> tuple[float, int]:
         try:
             pm = stage_aware_manager(context, recipe)
-            history = train(recipe, load_data(recipe.data), pm, device=device,
-                            compile=settings.compile).history
+            with trial_ranks(context, recipe, stage_aware_manager):  # as the trials train
+                history = train(recipe, load_data(recipe.data), pm, device=device,
+                                compile=settings.compile).history
             return float(history[-1][settings.metric]), len(history)
         except Exception:  # the run failed: it counts against its recipe
             return math.nan, 0

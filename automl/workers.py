@@ -2,7 +2,9 @@
 
 ``--jobs N`` runs N workers on the search device (small models leave a GPU mostly idle, so a
 few trials side by side use it better); ``--gpus all`` (or ``0,2``) runs ``jobs`` workers on
-every listed GPU. Workers are processes, not threads: each has its own CUDA context, RNG and
+every listed GPU; with ``--gpus-per-trial K`` the listed GPUs form groups of K, and each
+worker's trials train on the K GPUs of its group (:mod:`automl.trial_ranks`). Workers are
+processes, not threads: each has its own CUDA context, RNG and
 interpreter, so a trial never waits on another's Python. Each worker claims
 the study's waiting trials until none is left (see :mod:`automl.trial_queue`). Each worker
 joins the study the parent created, so its sampler's seed mixes in its own process
@@ -25,19 +27,30 @@ from automl.errors import UserError
 from automl.interrupts import Interrupted, stop_on_signals
 from automl.search_context import Plugins, SearchContext
 from automl.search_settings import SearchSettings
+from automl.trial_ranks import rank_devices
 
 if TYPE_CHECKING:
     from automl.space import SearchSpace
 
-__all__ = ["worker_devices", "run_workers"]
+__all__ = ["worker_devices", "worker_groups", "run_workers"]
 
 
 def worker_devices(jobs: int, gpus: str | None, device: str | None) -> list[str | None]:
     """The device of every worker: ``jobs`` per listed GPU, or ``jobs`` on ``device``."""
+    return [group[0] for group in worker_groups(jobs, gpus, device)]
+
+
+def worker_groups(jobs: int, gpus: str | None, device: str | None,
+                  per_trial: int = 1) -> list[tuple[str | None, ...]]:
+    """The devices of every worker's ranks (``per_trial`` per trial, see
+    :mod:`automl.trial_ranks`): ``jobs`` workers per group of ``per_trial`` listed GPUs, or
+    ``jobs`` on ``device`` (and the GPUs after it)."""
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
+    if per_trial < 1:
+        raise UserError(f"--gpus-per-trial must be at least 1, got {per_trial}")
     if gpus is None:
-        return [device] * jobs
+        return [rank_devices(device, per_trial)] * jobs
     if device:
         raise UserError("--gpus and --device both given; --gpus already picks the devices")
     count = torch.cuda.device_count()
@@ -55,27 +68,34 @@ def worker_devices(jobs: int, gpus: str | None, device: str | None) -> list[str 
         if wrong or len(set(ids)) != len(ids):
             raise UserError(f"--gpus {gpus}: this machine has GPUs 0..{count - 1}, each listed "
                             "at most once")
-    return [f"cuda:{i}" for i in ids for _ in range(jobs)]
+    if len(ids) % per_trial:
+        raise UserError(f"--gpus {gpus}: {len(ids)} GPU(s) do not divide into groups of "
+                        f"--gpus-per-trial {per_trial}")
+    groups = [tuple(f"cuda:{i}" for i in ids[k:k + per_trial])
+              for k in range(0, len(ids), per_trial)]
+    return [group for group in groups for _ in range(jobs)]
 
 
 def run_workers(space: SearchSpace, settings: SearchSettings, plugins: Plugins,
-                devices: list[str | None], todo: int) -> None:
-    """Run the study's ``todo`` waiting trials in one process per device entry (at most
-    ``todo`` processes); each claims trials until none is left.
+                groups: list[tuple[str | None, ...]], todo: int) -> None:
+    """Run the study's ``todo`` waiting trials in one process per entry of ``groups`` (the
+    devices of a worker's ranks, see :func:`worker_groups`; at most ``todo`` processes);
+    each claims trials until none is left.
 
     The workers live in their own process group, so a Ctrl-C reaches this process only; it
     passes the signal on once, and each worker fails its running trial cleanly.
     """
-    devices = devices[:todo]
+    groups = groups[:todo]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // len(devices))
+    threads = max(1, (cores or 1) // len(groups))  # a worker's trial splits them among its ranks
     context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     processes = [
         context.Process(target=_worker, name=f"automl-worker-{k}",
-                        args=(space, replace(settings, jobs=1, gpus=None, device=device,
+                        args=(space, replace(settings, jobs=1, gpus=None, device=group[0],
+                                             rank_devices=group,
                                              seed=(settings.seed + k) % 2**32), plugins,
                               threads))
-        for k, device in enumerate(devices)]
+        for k, group in enumerate(groups)]
     for process in processes:
         process.start()
     try:
