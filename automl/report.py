@@ -69,9 +69,12 @@ class ConsoleReporter:
             pruning = f"; {PRUNING_OFF}"
         else:
             objectives, pruning = f"metric {self.metric} ({settings.direction})", ""
+        ranks = (f", {settings.gpus_per_trial} data-parallel ranks per trial"
+                 if settings.gpus_per_trial > 1 else "")
         click.echo(f"study '{settings.study_name}' in {settings.run_dir}{resumed}: "
                    f"{todo} trial(s) to run, sampler {settings.sampler}, "
-                   f"pruner {'none' if pruning else settings.pruner}, {objectives}{pruning}")
+                   f"pruner {'none' if pruning else settings.pruner}, {objectives}{pruning}"
+                   f"{ranks}")
 
     def trial_start(self, trial: optuna.Trial, recipe: Recipe) -> None:
         self._trial_started = time.perf_counter()

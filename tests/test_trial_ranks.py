@@ -234,3 +234,14 @@ def test_more_gpus_per_trial_than_there_are_is_refused(four_gpus, gpus, device, 
                                                        message):
     with pytest.raises(UserError, match=message):
         worker_groups(1, gpus, device, per_trial)
+
+
+def test_the_search_says_how_many_ranks_train_each_trial(tmp_path, probe_dir):
+    space = tmp_path / "ranks.yaml"
+    space.write_text(SPACE % {"epochs": 1, "n_trials": 1})
+    result = CliRunner().invoke(cli, ["search", str(space), "--gpus-per-trial", "2",
+                                      "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    first = next(line for line in result.output.splitlines() if line.startswith("study "))
+    assert first.endswith("2 data-parallel ranks per trial"), first
+    assert "trial   0  done" in result.output
