@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 __all__ = ["World", "world", "init_process_group", "init_from_env", "shutdown",
            "StoppedByRankZero", "share", "share_sizes", "sum_across", "agree_on_stop",
-           "one_process", "timeout_seconds", "TIMEOUT_ENV", "RANK_ENV"]
+           "one_process", "timeout_seconds", "TIMEOUT_ENV", "RANK_ENV", "run_on_ranks",
+           "join_store"]
 
 #: Seconds a collective waits for the other ranks before it fails (a dead or stuck rank).
 TIMEOUT_ENV = "AUTOML_DIST_TIMEOUT"
@@ -161,3 +163,38 @@ def agree_on_stop(error: BaseException | None, device: torch.device, here: World
         raise error
     if flag.item():
         raise StoppedByRankZero("rank 0 ended the training after this epoch")
+
+
+def run_on_ranks(target: Callable[..., None], size: int, args: tuple = (), *,
+                 timeout: float = 120.0) -> dict[int, Any]:
+    """Run ``target(rank, size, port, *args, results)`` in ``size`` spawned processes that
+    meet on a TCPStore this process serves at ``port`` (see :func:`join_store`); each puts
+    ``(rank, value)`` on ``results``. Every rank's value; TimeoutError when a rank gives none
+    within ``timeout`` seconds. No process outlives the call. (Tests and benchmarks: what
+    ``automl train --nproc`` does with torchrun, in a few lines and without its logs.)"""
+    import multiprocessing
+    import queue as queues
+
+    store = torch.distributed.TCPStore("127.0.0.1", 0, size + 1, True, wait_for_workers=False)
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    results = context.Queue()
+    processes = [context.Process(target=target, args=(rank, size, store.port, *args, results))
+                 for rank in range(size)]
+    for process in processes:
+        process.start()
+    try:
+        return dict(results.get(timeout=timeout) for _ in processes)
+    except queues.Empty:
+        raise TimeoutError(f"a rank gave no result within {timeout} s") from None
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+
+
+def join_store(device: torch.device, rank: int, size: int, port: int,
+               timeout: float | None = None) -> World:
+    """In a process :func:`run_on_ranks` started: join the group through its store."""
+    store = torch.distributed.TCPStore("127.0.0.1", port, size + 1, False)
+    return init_process_group(device, rank, size, store=store, timeout=timeout)

@@ -260,29 +260,14 @@ def train_on_ranks(recipe: Any, ranks: int = 2, *, max_steps: int | None = None,
     ``error`` (the exception's type name). ``stop_after_epoch``: rank 0's epoch callback
     raises there, as a pruned trial's does. To check that a technique gives the same
     numbers on several ranks as on one (``automl.trainer.train`` in this process)."""
-    import multiprocessing
-    import queue as queues
+    from automl.distributed import run_on_ranks
 
-    import torch
-
-    store = torch.distributed.TCPStore("127.0.0.1", 0, ranks + 1, True, wait_for_workers=False)
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    processes = [context.Process(target=_train_rank, args=(
-        rank, ranks, store.port, recipe, max_steps, stop_after_epoch, results))
-        for rank in range(ranks)]
-    for process in processes:
-        process.start()
     try:
-        ended = [results.get(timeout=timeout) for _ in processes]
-    except queues.Empty:
-        raise AssertionError(f"a rank gave no result within {timeout} s") from None
-    finally:
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-    return [result for _, result in sorted(ended, key=lambda pair: pair[0])]
+        ended = run_on_ranks(_train_rank, ranks, (recipe, max_steps, stop_after_epoch),
+                             timeout=timeout)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
+    return [ended[rank] for rank in range(ranks)]
 
 
 class _StopHere(Exception):
@@ -300,8 +285,7 @@ def _train_rank(rank: int, size: int, port: int, recipe: Any, max_steps: int | N
     from automl.trainer import train
 
     torch.set_num_threads(1)
-    store = torch.distributed.TCPStore("127.0.0.1", port, size + 1, False)
-    distributed.init_process_group(torch.device("cpu"), rank, size, store=store, timeout=60)
+    distributed.join_store(torch.device("cpu"), rank, size, port, timeout=60)
 
     def on_epoch(state: TrainState, metrics: dict[str, float]) -> None:
         if state.epoch + 1 == stop_after_epoch:

@@ -92,7 +92,7 @@ def _clock_plugin(device: torch.device, warmup: int, total: int, image_size: int
     return Clock(device, warmup, total)
 
 
-def _rank(rank: int, arm: Arm, port: int, settings: dict, results) -> None:
+def _rank(rank: int, size: int, port: int, arm: Arm, settings: dict, results) -> None:
     """One rank of a launch (a spawned process): ``settings["streams"]`` timed streams."""
     from automl import distributed
     from automl.data import load_data
@@ -106,9 +106,8 @@ def _rank(rank: int, arm: Arm, port: int, settings: dict, results) -> None:
         else:
             device = torch.device("cpu")
             torch.set_num_threads(arm.threads)
-        if arm.ranks > 1:
-            store = torch.distributed.TCPStore("127.0.0.1", port, arm.ranks + 1, False)
-            distributed.init_process_group(device, rank, arm.ranks, store=store, timeout=300)
+        if size > 1:
+            distributed.join_store(device, rank, size, port, timeout=300)
         data = load_data(settings["data"])
         warmup, steps = settings["warmup"], settings["steps"]
         total = warmup + steps
@@ -135,27 +134,12 @@ def _rank(rank: int, arm: Arm, port: int, settings: dict, results) -> None:
 
 def launch(arm: Arm, settings: dict) -> list[float]:
     """Start ``arm.ranks`` processes; rank 0's seconds of each timed stream."""
-    import multiprocessing
-    import queue as queues
+    from automl.distributed import run_on_ranks
 
-    store = (torch.distributed.TCPStore("127.0.0.1", 0, arm.ranks + 1, True,
-                                        wait_for_workers=False) if arm.ranks > 1 else None)
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    processes = [context.Process(target=_rank, args=(rank, arm, store.port if store else 0,
-                                                     settings, results))
-                 for rank in range(arm.ranks)]
-    for process in processes:
-        process.start()
     try:
-        ended = dict(results.get(timeout=RESULT_TIMEOUT_S) for _ in processes)
-    except queues.Empty:
-        raise SystemExit(f"{arm.label}: no result within {RESULT_TIMEOUT_S} s") from None
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
+        ended = run_on_ranks(_rank, arm.ranks, (arm, settings), timeout=RESULT_TIMEOUT_S)
+    except TimeoutError as exc:
+        raise SystemExit(f"{arm.label}: {exc}") from None
     failed = [f"rank {r}: {v}" for r, v in sorted(ended.items()) if isinstance(v, str)]
     if failed:
         raise SystemExit(f"{arm.label} failed: " + "; ".join(failed))
