@@ -132,3 +132,47 @@ def test_technique_trains_on_two_ranks(name):
     first, second = (rank["history"][-1] for rank in ranks)
     for key in ("train/loss", "val/loss", "val/acc1"):  # all-reduced: the same on each rank
         assert first[key] == second[key]
+
+
+def _children(pid: int) -> dict[int, dict[str, str]]:
+    """The processes whose parent is ``pid``, with their environments."""
+    from pathlib import Path
+
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            status = (entry / "status").read_text() if entry.name.isdigit() else ""
+            if f"\nPPid:\t{pid}\n" in status:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                found[int(entry.name)] = dict(item.decode().split("=", 1)
+                                              for item in environ if b"=" in item)
+        except OSError:  # ended meanwhile
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_automl_train(tmp_path):
+    """kill -9 of rank 1 mid-training: torchrun's agent stops rank 0, and `automl train`
+    exits 1 with one line naming the rank and the signal; nothing is written, no rank left."""
+    import signal
+    import time
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(_recipe(AUGMENTED, epochs=50).to_yaml())
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "automl", "train", str(recipe), "--device", "cpu", "--out",
+         str(tmp_path / "out"), "--nproc", "2"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert launcher.stdout.readline().startswith("epoch   1/50")  # the ranks are training
+    ranks = _children(launcher.pid)
+    rank1 = next(pid for pid, env in ranks.items() if env.get("RANK") == "1")
+    os.kill(rank1, signal.SIGKILL)
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1
+    assert err.strip().splitlines()[-1] == ("Error: rank 1 of automl train failed (killed by "
+                                            "signal SIGKILL); the other ranks were stopped")
+    assert not (tmp_path / "out" / "model.pt").exists()
+    time.sleep(1)
+    assert not any(os.path.exists(f"/proc/{pid}/status") and "State:\tZ" not in
+                   open(f"/proc/{pid}/status").read() for pid in ranks)
