@@ -106,10 +106,15 @@ def init_from_env(device: torch.device) -> World:
 
 
 def rank_device(device: torch.device) -> torch.device:
-    """Under torchrun, each rank's own GPU (``cuda`` → ``cuda:LOCAL_RANK``)."""
-    if device.type == "cuda" and device.index is None and launched_by_torchrun():
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
+    """Under torchrun, each rank's own GPU (``cuda`` → ``cuda:LOCAL_RANK``); one GPU named
+    for several ranks is refused (NCCL cannot put two ranks on one GPU)."""
+    if device.type != "cuda" or not launched_by_torchrun():
+        return device
+    if device.index is not None:
+        from automl.errors import UserError
+        raise UserError(f"--device {device}: names one GPU for {os.environ['WORLD_SIZE']} "
+                        "ranks; use --device cuda (rank r trains on cuda:LOCAL_RANK)")
+    return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
 
 
 def shutdown() -> None:
