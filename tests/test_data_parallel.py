@@ -176,3 +176,15 @@ def test_a_killed_rank_ends_automl_train(tmp_path):
     time.sleep(1)
     assert not any(os.path.exists(f"/proc/{pid}/status") and "State:\tZ" not in
                    open(f"/proc/{pid}/status").read() for pid in ranks)
+
+
+def test_each_rank_under_torchrun_takes_its_own_gpu(monkeypatch):
+    from automl.distributed import rank_device
+    from automl.errors import UserError
+
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    assert rank_device(torch.device("cuda")) == torch.device("cuda", 1)
+    assert rank_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(UserError, match="--device cuda:0: names one GPU for 2 ranks"):
+        rank_device(torch.device("cuda", 0))
