@@ -44,3 +44,11 @@ def process_seconds() -> float:
 
 
 _IMPORTED = time.perf_counter()
+
+
+def add_schedule_options(parser) -> None:
+    """The timing options of the throughput-style benchmarks (defaults: their SCHEDULE)."""
+    parser.add_argument("--steps", type=int, help="timed steps per repeat (see SCHEDULE)")
+    parser.add_argument("--warmup", type=int, help="untimed steps before them, at least 1")
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--device", default=None)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import device_name, process_seconds, report
+from .common import add_schedule_options, device_name, process_seconds, report
 
 SEED = 0
 LR = 0.05
@@ -178,10 +178,7 @@ def main() -> None:
     parser.add_argument("--model", help="any timm model name (default by device, see SETUP)")
     parser.add_argument("--batch-size", type=int, help="the global batch, on every arm")
     parser.add_argument("--image-size", type=int, help="training resolution (0: the data's)")
-    parser.add_argument("--steps", type=int, help="timed steps per repeat (see SCHEDULE)")
-    parser.add_argument("--warmup", type=int, help="untimed steps before them, at least 1")
-    parser.add_argument("--repeats", type=int)
-    parser.add_argument("--device", default=None)
+    add_schedule_options(parser)
     args = parser.parse_args()
     device = resolve_device(args.device)
     kind = "cuda" if device.type == "cuda" else "cpu"

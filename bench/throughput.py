@@ -53,7 +53,7 @@ from automl.hookspecs import hookimpl
 from automl.recipe import Recipe
 from automl.trainer import fit, prepare, resolve_device
 
-from .common import device_name, process_seconds, report
+from .common import add_schedule_options, device_name, process_seconds, report
 
 SEED = 0
 LR, MOMENTUM = 0.05, 0.9
@@ -221,10 +221,7 @@ def main() -> None:
     parser.add_argument("--policy", action="store_true", help="add TrivialAugmentWide")
     parser.add_argument("--model", default="automl_resnet8", help="any timm model name")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--steps", type=int, help="timed steps per repeat (see SCHEDULE)")
-    parser.add_argument("--warmup", type=int, help="untimed steps before them, at least 1")
-    parser.add_argument("--repeats", type=int)
-    parser.add_argument("--device", default=None)
+    add_schedule_options(parser)
     args = parser.parse_args()
     device = resolve_device(args.device)
     kind = "cuda" if device.type == "cuda" else "cpu"
