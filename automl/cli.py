@@ -415,9 +415,9 @@ def train(recipe, out, device, seed, train_fraction, include_val, overwrite, npr
     from automl.distributed import launched_by_torchrun
 
     if (nproc > 1 or nnodes > 1) and not launched_by_torchrun():
-        from automl.launch import launch, relaunch_argv
+        from automl.launch import launch
 
-        launch(relaunch_argv(), nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+        launch(sys.argv[1:], nproc=nproc, nnodes=nnodes, node_rank=node_rank,
                master_addr=master_addr, master_port=master_port)
         return
     main_rank = int(os.environ.get("RANK", "0")) == 0

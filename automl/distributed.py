@@ -20,14 +20,14 @@ from typing import Any
 import torch
 
 __all__ = ["World", "world", "init_process_group", "init_from_env", "shutdown",
-           "StoppedByRankZero", "share", "share_sizes", "sum_across", "agree_on_stop",
+           "StoppedByRankZero", "share", "sum_across", "agree_on_stop",
            "one_process", "timeout_seconds", "TIMEOUT_ENV", "RANK_ENV", "run_on_ranks",
            "join_store"]
 
 #: Seconds a collective waits for the other ranks before it fails (a dead or stuck rank).
 TIMEOUT_ENV = "AUTOML_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 300
-#: Set by torchrun (and by :func:`automl.trial_ranks`) in every rank's environment.
+#: Set by torchrun in every rank's environment.
 RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 _local_only = False  # inside :func:`one_process` (a stage): this process trains alone
@@ -35,12 +35,10 @@ _local_only = False  # inside :func:`one_process` (a stage): this process trains
 
 @dataclass(frozen=True)
 class World:
-    """This process's place in the training: ``rank`` of ``size`` (``local_rank`` on its
-    machine, which picks its GPU)."""
+    """This process's place in the training: ``rank`` of ``size``."""
 
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -58,8 +56,7 @@ def world() -> World:
     dist = torch.distributed
     if _local_only or not dist.is_available() or not dist.is_initialized():
         return World()
-    return World(dist.get_rank(), dist.get_world_size(),
-                 int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+    return World(dist.get_rank(), dist.get_world_size())
 
 
 def timeout_seconds() -> float:
@@ -136,13 +133,9 @@ def one_process() -> Iterator[None]:
         _local_only = before
 
 
-def share_sizes(n: int, size: int) -> list[int]:
-    """How many of ``n`` samples each rank takes: equal, the first ``n % size`` one more."""
-    return [n // size + (r < n % size) for r in range(size)]
-
-
 def share(tensor: torch.Tensor, here: World) -> torch.Tensor:
-    """This rank's consecutive share of a global batch (along the first dimension)."""
+    """This rank's consecutive share of a global batch (along the first dimension): equal
+    shares, the first ``len % size`` ranks one more."""
     if here.size == 1:
         return tensor
     return tensor.tensor_split(here.size)[here.rank]

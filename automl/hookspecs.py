@@ -150,7 +150,9 @@ class TrainingSpecs:
     def on_batch(self, state: TrainState) -> None:
         """Change the normalised float batch and its targets (mixup, cutmix).
 
-        ``state.targets`` may be replaced by soft labels of shape N×num_classes.
+        ``state.targets`` may be replaced by soft labels of shape N×num_classes. With
+        several data-parallel ranks this (and ``augment_batch``) sees the whole global
+        batch; later hooks see this rank's share of it.
         """
 
     @hookspec

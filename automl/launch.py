@@ -9,7 +9,6 @@ nobody, since a process that torchrun started only joins the group
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from automl.errors import UserError
@@ -54,8 +53,3 @@ def launch(argv: Sequence[str], *, nproc: int, nnodes: int = 1, node_rank: int =
                else f"exit code {failure.exitcode}")
         raise RankFailed(f"rank {first} of automl {' '.join(argv[:1])} failed ({how}); the "
                         "other ranks were stopped") from None
-
-
-def relaunch_argv() -> list[str]:
-    """This command's arguments, as every rank receives them."""
-    return sys.argv[1:]

@@ -27,7 +27,7 @@ class TrainState:
     generator: torch.Generator  # on ``device``: per-sample randomness for augmentation
     amp_dtype: torch.dtype | None = None  # bf16 on CUDA, None (fp32) on CPU
     model: torch.nn.Module | None = None
-    train_model: Any = None  # what the training step calls: ``model`` or torch.compile(model)
+    train_model: Any = None  # what the step calls: ``model``, in DDP and/or torch.compile
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None

@@ -4,7 +4,8 @@ Data lives in memory as uint8 tensors (on the GPU when there is one); batches ar
 index, augmented by ``augment_batch`` hooks on the device, normalised, then mixed by
 ``on_batch`` hooks. Image folders too large for memory arrive through DataLoader workers
 (pinned, non-blocking copies) and are augmented the same way. Metrics accumulate on the
-device: the host waits for the GPU once per epoch, not per batch.
+device: the host waits for the GPU once per epoch, not per batch. With several ranks
+(automl.distributed) every rank prepares the whole batch, then trains on its share of it.
 """
 
 from __future__ import annotations
@@ -237,7 +238,9 @@ def fit(state: TrainState, pm: pluggy.PluginManager, *, on_epoch: EpochCallback 
         if ranks is not None:
             state.generator = ranks.shared
         hook.on_epoch_end(state=state)
-        train_loss = (sum_across(loss_sum, world()) / max(batches, 1)).item()
+        if ranks is not None:
+            sum_across(loss_sum, ranks.here)
+        train_loss = (loss_sum / max(batches, 1)).item()
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss is {train_loss} in epoch {state.epoch + 1}")
         metrics = {"train/loss": train_loss, **model_metrics(state.model)}  # model/params

@@ -17,7 +17,7 @@ import torch
 
 from automl.data import load_data
 from automl.discovery import training_manager
-from automl.distributed import share, share_sizes, world
+from automl.distributed import World, share, world
 from automl.recipe import Recipe
 from automl.testing import train_on_ranks
 from automl.trainer import train
@@ -40,7 +40,9 @@ def _one_process(recipe: Recipe, max_steps=None) -> list[dict]:
 
 def test_shares_cover_the_batch_in_order():
     batch = torch.arange(31)
-    assert share_sizes(31, 2) == [16, 15]
+    shares = [share(batch, World(rank, 2)) for rank in range(2)]
+    assert [len(s) for s in shares] == [16, 15]
+    assert torch.equal(torch.cat(shares), batch)
     assert world().size == 1 and share(batch, world()) is batch
 
 
