@@ -245,3 +245,53 @@ def test_the_search_says_how_many_ranks_train_each_trial(tmp_path, probe_dir):
     first = next(line for line in result.output.splitlines() if line.startswith("study "))
     assert first.endswith("2 data-parallel ranks per trial"), first
     assert "trial   0  done" in result.output
+
+
+def _descendants_alive(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is ``pid``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # not a process, or ended meanwhile
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.add(int(entry.name))
+    return found
+
+
+def test_ctrl_c_fails_the_trial_and_ends_every_rank(tmp_path):
+    """SIGINT to the search mid-trial: exit 130, the trial FAILED as interrupted (and queued
+    again), and rank 1's process is gone; it never saw the signal itself (its own group)."""
+    import subprocess
+    import sys
+    import time
+
+    space = tmp_path / "ranks.yaml"
+    space.write_text(SPACE % {"epochs": 200, "n_trials": 1})
+    search = subprocess.Popen(
+        [sys.executable, "-m", "automl", "search", str(space), "--gpus-per-trial", "2",
+         "--device", "cpu", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", TIMEOUT_ENV: "20"})
+    deadline = time.monotonic() + 120
+    ranks: set[int] = set()
+    while not ranks and time.monotonic() < deadline and search.poll() is None:
+        ranks = {pid for pid in _descendants_alive(search.pid)
+                 if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+        time.sleep(0.2)
+    assert ranks, "rank 1 never started"
+    time.sleep(3)  # into the training
+    search.send_signal(signal.SIGINT)
+    search.communicate(timeout=60)
+    assert search.returncode == 130
+    time.sleep(1)
+    assert not any(Path(f"/proc/{pid}/stat").exists() and
+                   Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+                   for pid in ranks)
+    from automl.storage import open_storage
+
+    study = optuna.load_study(study_name="ranks", storage=open_storage(None, tmp_path / "run"))
+    first = study.get_trials(deepcopy=False)[0]
+    assert first.state == TrialState.FAIL
+    assert first.user_attrs["fail_reason"].startswith("interrupted")
